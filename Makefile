@@ -1,0 +1,40 @@
+# The two commands of the README: `make demo` and `make test`. Each sets up .venv on its own.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch first, pinned: the CPU wheel on this machine kind; any looser spec pulls CUDA builds.
+TORCH := torch==2.13.0
+
+.PHONY: demo test lint docs serve-docs bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev,docs,plot,tensorboard]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/python -m fluxpy demo
+
+test: $(VENV)/.installed
+	$(BIN)/ruff check fluxpy tests benchmarks examples
+	$(BIN)/python -m pytest -q
+	$(MAKE) docs
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check fluxpy tests benchmarks examples
+
+docs: $(VENV)/.installed
+	$(BIN)/mkdocs build --strict --quiet
+
+serve-docs: $(VENV)/.installed
+	$(BIN)/mkdocs serve
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) site .pytest_cache .ruff_cache

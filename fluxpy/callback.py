@@ -1,0 +1,126 @@
+"""Callbacks and the generic functions that describe them.
+
+A callback is an object of a `Callback` subclass. What it does is given by methods of the
+generic functions below, picked by multiple dispatch over the Event, Phase and Callback
+hierarchies (the most specific method wins):
+
+- `on(event, phase, callback, learner)`: the handler. `learner` is the callback's protected
+  view of the learner. The fallback `(Event, Phase, Callback)` does nothing, and the loop skips
+  callbacks for which only the fallback applies.
+- `stateaccess(callback) -> Access`: what learner state the handlers may read and write.
+- `runafter(callback) -> tuple[type, ...]`: callback types this one must run after.
+- `resolveconflict(a, b)`: how two callbacks that write overlapping state are ordered; looked
+  up in both argument orders.
+
+Extending:
+    Define the methods at module level in your own code:
+
+        @fp.on.dispatch
+        def _(event: fp.StepEnd, phase: fp.TrainingPhase, cb: Printer, learner):
+            print(learner.batch.loss)
+
+        @fp.stateaccess.dispatch
+        def _(cb: Printer):
+            return fp.Access(batch=fp.Access(loss=fp.Read()))
+
+    A callback may also carry other callbacks (a `callbacks` attribute, or a method returning
+    them); the learner adds them recursively. `init(learner)` runs once when a learner adopts
+    the callback, with its protected view.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from .access import Access
+from .dispatch import GenericFunction
+from .events import Event
+from .phases import Phase
+
+__all__ = [
+    "Callback",
+    "NoConflict",
+    "NotDefined",
+    "RunFirst",
+    "UnsafeCallback",
+    "Unresolvable",
+    "on",
+    "resolveconflict",
+    "runafter",
+    "stateaccess",
+]
+
+
+class Callback:
+    """Base class of callbacks. Subclass it (usually with `@attrs.define`)."""
+
+    def init(self, learner) -> None:
+        """Called once when a learner adopts this callback (with the protected view)."""
+
+
+class UnsafeCallback(Callback):
+    """A callback whose handlers get the raw learner: no permission checks, no graph edges.
+
+    The escape hatch for debugging and for code that must reach everything; `fp.explain`
+    flags these. Prefer declaring `stateaccess`.
+    """
+
+
+@attrs.frozen
+class NotDefined:
+    """`resolveconflict` default: the pair's conflict is not resolved (an error if they clash)."""
+
+
+@attrs.frozen
+class Unresolvable:
+    """The two callbacks cannot be used together."""
+
+
+@attrs.frozen
+class NoConflict:
+    """The two callbacks' writes do not interfere; they may run in either order (not at once)."""
+
+
+@attrs.frozen
+class RunFirst:
+    """`callback` (one of the two arguments) runs before the other."""
+
+    callback: Callback = attrs.field(eq=False)
+
+
+def _on(event: Event, phase: Phase, callback: Callback, learner):
+    """on(event, phase, callback, learner)
+
+    Handle `event` fired during `phase` for `callback`. `learner` is the callback's protected
+    view: reads and writes outside `stateaccess(callback)` raise `fp.ProtectedError`.
+    """
+
+
+def _stateaccess(callback: Callback):
+    """stateaccess(callback) -> fp.Access
+
+    The learner state `callback`'s handlers read and write. Default: nothing.
+    """
+    return Access()
+
+
+def _runafter(callback: Callback):
+    """runafter(callback) -> tuple[type, ...]
+
+    Callback types that must run before `callback` when both are present. Default: none.
+    """
+    return ()
+
+
+def _resolveconflict(first: Callback, second: Callback):
+    """resolveconflict(first, second) -> NotDefined | Unresolvable | NoConflict | RunFirst
+
+    Consulted when two callbacks write overlapping state; looked up in both argument orders.
+    """
+    return NotDefined()
+
+
+on = GenericFunction(_on, arity=4, params="event, phase, callback, learner")
+stateaccess = GenericFunction(_stateaccess, arity=1, params="callback")
+runafter = GenericFunction(_runafter, arity=1, params="callback")
+resolveconflict = GenericFunction(_resolveconflict, arity=2, params="first, second")

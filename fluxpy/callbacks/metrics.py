@@ -1,0 +1,225 @@
+"""`Metrics`: the loss and any other metrics, averaged per epoch, accumulated on the device.
+
+Per step, each metric's value stays a device tensor (no host sync); at epoch end all of a
+phase's metrics are reduced together and read to the host once. Means are weighted by batch
+size, so a short last batch counts for what it holds.
+
+- `learner.cbstate.metricsstep[phase][name]`: the latest step's value (a tensor).
+- `learner.cbstate.metricsepoch[phase][name]`: one float per completed epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+
+from ..access import Access, Read, Write
+from ..callback import Callback, on, stateaccess
+from ..events import EpochBegin, EpochEnd, FitBegin, StepEnd
+from ..graph import STATE_PRODUCERS
+from ..phases import Phase
+
+__all__ = ["Metric", "Metrics"]
+
+STATE_PRODUCERS["metricsstep"] = "Metrics()"
+STATE_PRODUCERS["metricsepoch"] = "Metrics()"
+
+#: Per-step values are folded into one partial sum every this many steps, to bound memory.
+FOLD_EVERY = 1024
+
+
+@attrs.define
+class Metric:
+    """A metric: `fn(preds, ys)` per step (weighted mean per epoch), or a stateful object with
+    `update(preds, ys)`, `compute()` and `reset()` (e.g. a torchmetrics metric).
+
+    Args:
+        fn: the function or stateful object.
+        name: the name in `metricsepoch`; defaults to the function's `__name__` or the class name.
+        phase: only computed in phases of this type (e.g. `fp.ValidationPhase`).
+    """
+
+    fn: Any
+    name: str = attrs.field(default=None)
+    phase: type = Phase
+
+    def __attrs_post_init__(self) -> None:
+        if self.name is None:
+            self.name = getattr(self.fn, "__name__", None) or type(self.fn).__name__
+        if not (callable(self.fn) or _is_stateful(self.fn)):
+            raise TypeError(f"Metric({self.fn!r}): need fn(preds, ys) or an object with "
+                            "update/compute/reset")
+
+    @property
+    def stateful(self) -> bool:
+        return _is_stateful(self.fn)
+
+
+class _WeightedMean:
+    """A batch-size-weighted mean whose terms stay on the device until `result`."""
+
+    __slots__ = ("count", "partial", "sizes", "values")
+
+    def __init__(self) -> None:
+        self.values: list[torch.Tensor] = []
+        self.sizes: list[int] = []
+        self.partial: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, value: torch.Tensor, size: int) -> None:
+        self.values.append(value)
+        self.sizes.append(size)
+        if len(self.values) >= FOLD_EVERY:
+            self._fold()
+
+    def _fold(self) -> None:
+        if not self.values:
+            return
+        values = torch.stack(
+            [torch.as_tensor(v).reshape(()).to(torch.float64) for v in self.values]
+        )
+        weights = torch.tensor(self.sizes, dtype=torch.float64, device=values.device)
+        total = (values * weights).sum()
+        self.partial = total if self.partial is None else self.partial + total
+        self.count += sum(self.sizes)
+        self.values, self.sizes = [], []
+
+    def result(self) -> torch.Tensor | float:
+        self._fold()
+        if self.partial is None:
+            return float("nan")
+        return self.partial / self.count
+
+
+class Metrics(Callback):
+    """Tracks the loss (always, as `"loss"`) and the given metrics for every phase.
+
+    Args:
+        *metrics: functions `fn(preds, ys)`, `fp.Metric(...)`, or stateful objects with
+            `update/compute/reset` (torchmetrics metrics work as they are).
+    """
+
+    def __init__(self, *metrics: Any) -> None:
+        self.metrics: tuple[Metric, ...] = tuple(
+            m if isinstance(m, Metric) else Metric(m) for m in metrics
+        )
+        names = [m.name for m in self.metrics]
+        if "loss" in names or len(set(names)) != len(names):
+            raise ValueError(f"Metrics names must be unique and not 'loss': {names}; "
+                             "rename with fp.Metric(fn, name=...)")
+        self._means: dict[Phase, dict[str, _WeightedMean]] = {}
+        self._active: dict[Phase, tuple[Metric, ...]] = {}
+
+    def __repr__(self) -> str:
+        return f"Metrics({', '.join(m.name for m in self.metrics)})"
+
+    def init(self, learner) -> None:
+        state = learner.cbstate
+        if "metricsstep" not in state:
+            state.metricsstep = {}
+        if "metricsepoch" not in state:
+            state.metricsepoch = {}
+
+    def state_dict(self) -> dict:
+        """The running state of stateful metrics (function metrics have none between epochs)."""
+        return {m.name: m.fn.state_dict() for m in self.metrics
+                if m.stateful and hasattr(m.fn, "state_dict")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for m in self.metrics:
+            if m.name in state and hasattr(m.fn, "load_state_dict"):
+                m.fn.load_state_dict(state[m.name])
+
+
+def _is_stateful(obj: Any) -> bool:
+    return all(callable(getattr(obj, a, None)) for a in ("update", "compute", "reset"))
+
+
+def _batch_size(ys: Any) -> int:
+    if isinstance(ys, torch.Tensor):
+        return ys.shape[0] if ys.ndim else 1
+    try:
+        return len(ys)
+    except TypeError:
+        return 1
+
+
+@stateaccess.dispatch
+def _metrics_access(cb: Metrics):
+    return Access(
+        batch=Access(preds=Read(), ys=Read(), loss=Read()),
+        cbstate=Access(metricsstep=Write(), metricsepoch=Write()),
+        device=Read(),
+    )
+
+
+@on.dispatch
+def _metrics_fit_begin(event: FitBegin, phase: Phase, cb: Metrics, learner):
+    for m in cb.metrics:
+        if m.stateful and hasattr(m.fn, "to"):
+            m.fn.to(learner.device)
+
+
+@on.dispatch
+def _metrics_epoch_begin(event: EpochBegin, phase: Phase, cb: Metrics, learner):
+    active = tuple(m for m in cb.metrics if isinstance(phase, m.phase))
+    cb._active[phase] = active
+    cb._means[phase] = {"loss": _WeightedMean()}
+    for m in active:
+        if m.stateful:
+            m.fn.reset()
+        else:
+            cb._means[phase][m.name] = _WeightedMean()
+    learner.cbstate.metricsstep[phase] = {}
+    learner.cbstate.metricsepoch.setdefault(phase, {})
+
+
+@on.dispatch
+def _metrics_step_end(event: StepEnd, phase: Phase, cb: Metrics, learner):
+    batch = learner.batch
+    ys = batch.ys
+    size = _batch_size(ys)
+    means = cb._means[phase]
+    step = learner.cbstate.metricsstep[phase]
+    loss = batch.loss.detach()
+    means["loss"].add(loss, size)
+    step["loss"] = loss
+    active = cb._active[phase]
+    if active:
+        with torch.no_grad():
+            preds = batch.preds
+            for m in active:
+                if m.stateful:
+                    m.fn.update(preds, ys)
+                else:
+                    value = m.fn(preds, ys)
+                    value = value.detach() if isinstance(value, torch.Tensor) else value
+                    means[m.name].add(value, size)
+                    step[m.name] = value
+
+
+@on.dispatch
+def _metrics_epoch_end(event: EpochEnd, phase: Phase, cb: Metrics, learner):
+    means = cb._means.pop(phase, None)
+    if means is None or means["loss"].count + len(means["loss"].values) == 0:
+        return  # an epoch without a completed step has no mean to record
+    results: dict[str, Any] = {name: mean.result() for name, mean in means.items()}
+    for m in cb._active[phase]:
+        if m.stateful:
+            results[m.name] = m.fn.compute()
+    epoch = learner.cbstate.metricsepoch.setdefault(phase, {})
+    for name, value in _to_host(results).items():
+        epoch.setdefault(name, []).append(value)
+
+
+def _to_host(results: dict[str, Any]) -> dict[str, float]:
+    """One device-to-host transfer for all tensor results of an epoch."""
+    names = [n for n, v in results.items() if isinstance(v, torch.Tensor) and v.numel() == 1]
+    out = {n: float(v) for n, v in results.items() if n not in names}
+    if names:
+        device = results[names[0]].device
+        stacked = torch.stack([results[n].reshape(()).to(device, torch.float64) for n in names])
+        out.update(zip(names, stacked.tolist()))
+    return {n: out[n] for n in results}

@@ -1,0 +1,73 @@
+"""`Recorder`: counts epochs and steps per phase in `learner.cbstate.history`."""
+
+from __future__ import annotations
+
+import time
+
+import attrs
+
+from ..access import Access, Write
+from ..callback import Callback, on, stateaccess
+from ..events import EpochBegin, EpochEnd, StepEnd
+from ..graph import STATE_PRODUCERS
+from ..phases import Phase
+
+__all__ = ["History", "Recorder"]
+
+STATE_PRODUCERS["history"] = "Recorder()"
+
+
+@attrs.define
+class History:
+    """Counters of one phase: completed `epochs`, `steps` (all epochs), `steps_epoch`
+    (this epoch), and each completed epoch's wall time in seconds."""
+
+    epochs: int = 0
+    steps: int = 0
+    steps_epoch: int = 0
+    epoch_times: list[float] = attrs.Factory(list)
+
+
+@attrs.define
+class Recorder(Callback):
+    """Keeps `learner.cbstate.history[phase]`, a `History`. Cancelled steps are not counted.
+
+    History accumulates over `fit` calls, so `fit(2); fit(3)` records 5 epochs.
+    """
+
+    _histories: dict = attrs.field(factory=dict, init=False, repr=False)
+    _started: dict = attrs.field(factory=dict, init=False, repr=False)
+
+    def init(self, learner) -> None:
+        if "history" not in learner.cbstate:
+            learner.cbstate.history = {}
+        self._histories = learner.cbstate.history
+
+
+@stateaccess.dispatch
+def _recorder_access(cb: Recorder):
+    return Access(cbstate=Access(history=Write()))
+
+
+@on.dispatch
+def _recorder_epoch_begin(event: EpochBegin, phase: Phase, cb: Recorder, learner):
+    history = learner.cbstate.history
+    if phase not in history:
+        history[phase] = History()
+    history[phase].steps_epoch = 0
+    cb._histories = history
+    cb._started[phase] = time.perf_counter()
+
+
+@on.dispatch
+def _recorder_step_end(event: StepEnd, phase: Phase, cb: Recorder, learner):
+    h = cb._histories[phase]
+    h.steps += 1
+    h.steps_epoch += 1
+
+
+@on.dispatch
+def _recorder_epoch_end(event: EpochEnd, phase: Phase, cb: Recorder, learner):
+    h = cb._histories[phase]
+    h.epochs += 1
+    h.epoch_times.append(time.perf_counter() - cb._started.pop(phase))

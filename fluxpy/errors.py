@@ -1,0 +1,178 @@
+"""Every exception fluxpy raises on purpose, in one place.
+
+Each class refines the builtin it resembles and keeps the parties as attributes, so code can
+inspect them and people can read the message: what failed, who did what, and the fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "AmbiguousHandlerError",
+    "BadBatchError",
+    "BadLossError",
+    "CallbackDeclarationError",
+    "CallbackGraphError",
+    "CancelEpochException",
+    "CancelFitException",
+    "CancelStepException",
+    "CheckpointError",
+    "CycleError",
+    "MissingStateError",
+    "ProtectedError",
+    "UnresolvableConflictError",
+    "WriteConflictError",
+]
+
+
+# -- control flow ------------------------------------------------------------------------------
+
+
+class CancelStepException(Exception):
+    """Raise in a handler to abandon the current step; `StepEnd` does not fire for it."""
+
+
+class CancelEpochException(Exception):
+    """Raise in a handler to end the current epoch early; `EpochEnd` still fires."""
+
+
+class CancelFitException(Exception):
+    """Raise in a handler to end `fit` normally; the message is kept as the stop reason."""
+
+
+# -- permissions -------------------------------------------------------------------------------
+
+
+class ProtectedError(PermissionError):
+    """A handler read or wrote learner state its callback did not declare in `stateaccess`.
+
+    Deliberately not an `AttributeError`: `getattr(learner, name, default)` must not hide it.
+    """
+
+    def __init__(self, callback: object, path: str, mode: str, granted: str | None = None):
+        self.callback = callback
+        self.path = path
+        self.mode = mode
+        name = _name(callback)
+        verb = "write" if mode == "write" else "read"
+        perm = "fp.Write()" if mode == "write" else "fp.Read()"
+        msg = f"{name} may not {verb} learner.{path}: add it to stateaccess({name})"
+        if granted:
+            msg += f" (it has {granted} there)"
+        msg += f", e.g. {perm} at {path!r} in the fp.Access tree that stateaccess returns."
+        super().__init__(msg)
+
+    def __reduce__(self):
+        return (type(self), (self.callback, self.path, self.mode))
+
+
+# -- the callback graph ------------------------------------------------------------------------
+
+
+class CallbackGraphError(ValueError):
+    """Base of every error found while building the callback dependency graph."""
+
+
+class CallbackDeclarationError(CallbackGraphError, TypeError):
+    """Malformed declarations: `stateaccess`, `runafter`, `resolveconflict` or an `on` method."""
+
+
+class WriteConflictError(CallbackGraphError):
+    """Two callbacks write overlapping state and nothing says which goes first."""
+
+    def __init__(self, first: object, second: object, paths: Sequence[tuple[str, str]]):
+        self.callbacks = (first, second)
+        self.paths = tuple(paths)
+        a, b = _name(first), _name(second)
+        ta, tb = type(first).__name__, type(second).__name__
+        lines = [f"Write conflict between {a} and {b}:"]
+        for pa, pb in self.paths:
+            lines.append(f"  - {a} writes learner.{pa}")
+            lines.append(f"  - {b} writes learner.{pb}")
+        lines.append(
+            "To resolve it, implement\n"
+            "    @fp.resolveconflict.dispatch\n"
+            f"    def _(a: {ta}, b: {tb}):\n"
+            "        return fp.RunFirst(a)  # or fp.RunFirst(b), fp.NoConflict(), fp.Unresolvable()"
+        )
+        super().__init__("\n".join(lines))
+
+
+class UnresolvableConflictError(CallbackGraphError):
+    """`resolveconflict` said two callbacks cannot be used together."""
+
+    def __init__(self, first: object, second: object, paths: Sequence[tuple[str, str]]):
+        self.callbacks = (first, second)
+        self.paths = tuple(paths)
+        a, b = _name(first), _name(second)
+        shared = ", ".join(f"learner.{pa} / learner.{pb}" for pa, pb in self.paths)
+        super().__init__(
+            f"{a} and {b} cannot be used together: resolveconflict says fp.Unresolvable() "
+            f"for their writes to {shared}. Remove one of them."
+        )
+
+
+class MissingStateError(CallbackGraphError):
+    """A callback reads `cbstate.X` and no callback writes it."""
+
+    def __init__(self, reader: object, path: str, hint: str | None = None):
+        self.callback = reader
+        self.path = path
+        key = path.split(".", 1)[1] if "." in path else path
+        fix = hint or f"add the callback that writes {path}"
+        super().__init__(f"{_name(reader)} reads {path}, which no callback writes: {fix}.")
+        self.key = key
+
+
+class CycleError(CallbackGraphError):
+    """The ordering constraints between callbacks form a cycle."""
+
+    def __init__(self, cycle: Sequence[object], reasons: Sequence[str],
+                 names: Sequence[str] | None = None):
+        self.cycle = tuple(cycle)
+        self.reasons = tuple(reasons)
+        labels = list(names) if names is not None else [_name(c) for c in self.cycle]
+        names = " -> ".join([*labels, labels[0]])
+        lines = [f"The callbacks' ordering constraints form a cycle: {names}"]
+        lines += [f"  - {r}" for r in self.reasons]
+        lines.append("Break it: drop a runafter entry or change a resolveconflict answer.")
+        super().__init__("\n".join(lines))
+
+
+class AmbiguousHandlerError(CallbackGraphError):
+    """Two `on` methods match an (event, phase, callback) equally well."""
+
+    def __init__(self, event: type, phase: type, callback: object, candidates: Sequence[str]):
+        self.event, self.phase, self.callback = event, phase, callback
+        self.candidates = tuple(candidates)
+        lines = [
+            f"on({event.__name__}(), {phase.__name__}(), {_name(callback)}, learner) is "
+            "ambiguous: these methods match equally well:"
+        ]
+        lines += [f"  - {c}" for c in self.candidates]
+        lines.append("Add a method for the more specific pair, or narrow one of them.")
+        super().__init__("\n".join(lines))
+
+
+# -- data and loss -----------------------------------------------------------------------------
+
+
+class BadBatchError(TypeError):
+    """A data iterator yielded something the built-in steps cannot unpack."""
+
+
+class BadLossError(TypeError):
+    """The loss function returned something that is not a scalar tensor."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, damaged, foreign or from a newer format."""
+
+
+def _name(obj: Any) -> str:
+    """How a callback is named in messages: its class name (with its group, if any)."""
+    if isinstance(obj, type):
+        return obj.__name__
+    return type(obj).__name__

@@ -1,0 +1,293 @@
+"""The callback dependency graph: a pure function of the callbacks and their declarations.
+
+Edges, each kept with the reason it exists:
+
+1. `runafter(b)` lists a type that `a` is an instance of: `a` before `b`.
+2. `a` writes a path that `b` reads (paths overlap when one is a prefix of the other):
+   `a` before `b`.
+3. `a` and `b` both write overlapping paths: `resolveconflict(a, b)`, looked up in both argument
+   orders, decides: `RunFirst(x)` puts `x` first, `NoConflict()` lets them run in either order
+   (never at the same time), `Unresolvable()` and `NotDefined()` are errors. The answer
+   governs the pair: no read/write edges are added between them.
+
+A read of `cbstate.X` that no callback writes is an error, and so is a cycle. Unconstrained
+callbacks keep the order in which they were given (Kahn's algorithm, lowest index first).
+All errors are `fp.CallbackGraphError`s raised here, when the learner is built.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+
+import attrs
+
+from .access import Access, overlaps, render_path
+from .callback import (
+    Callback,
+    NoConflict,
+    NotDefined,
+    RunFirst,
+    Unresolvable,
+    resolveconflict,
+    runafter,
+    stateaccess,
+)
+from .errors import (
+    CallbackDeclarationError,
+    CycleError,
+    MissingStateError,
+    UnresolvableConflictError,
+    WriteConflictError,
+)
+
+__all__ = ["STATE_PRODUCERS", "CallbackGraph", "Edge", "build_graph"]
+
+#: `cbstate` keys and the callback that writes them, for the fix in `MissingStateError`.
+#: Callback modules add their own entries.
+STATE_PRODUCERS: dict[str, str] = {}
+
+
+@attrs.frozen
+class Edge:
+    """`before` runs before `after` (indices into `CallbackGraph.callbacks`), and why."""
+
+    before: int
+    after: int
+    reasons: tuple[str, ...]
+    label: str
+
+
+@attrs.frozen
+class CallbackGraph:
+    """The callbacks, their declarations, the edges and a run order that respects them."""
+
+    callbacks: tuple[Callback, ...]
+    names: tuple[str, ...]
+    access: tuple[Access, ...]
+    edges: tuple[Edge, ...]
+    order: tuple[int, ...]
+    ancestors: tuple[frozenset[int], ...]
+    exclusive: frozenset[tuple[int, int]]
+
+    def ordered(self) -> list[Callback]:
+        """The callbacks in run order."""
+        return [self.callbacks[i] for i in self.order]
+
+    def to_mermaid(self) -> str:
+        """The graph as a Mermaid flowchart (callbacks in run order, edges labelled)."""
+        lines = ["flowchart LR"]
+        lines += [f'    c{i}["{self.names[i]}"]' for i in self.order]
+        for e in self.edges:
+            lines.append(f'    c{e.before} -- "{e.label}" --> c{e.after}')
+        for a, b in sorted(self.exclusive):
+            lines.append(f'    c{a} -. "no conflict" .- c{b}')
+        return "\n".join(lines)
+
+    def to_dot(self) -> str:
+        """The graph in Graphviz DOT."""
+        lines = ["digraph callbacks {", "    rankdir=LR;", "    node [shape=box];"]
+        lines += [f'    c{i} [label="{self.names[i]}"];' for i in self.order]
+        for e in self.edges:
+            lines.append(f'    c{e.before} -> c{e.after} [label="{e.label}"];')
+        for a, b in sorted(self.exclusive):
+            lines.append(f'    c{a} -> c{b} [dir=none, style=dashed, label="no conflict"];')
+        lines.append("}")
+        return "\n".join(lines)
+
+
+def build_graph(callbacks: Sequence[Callback], names: Sequence[str] | None = None) -> CallbackGraph:
+    """Check the callbacks' declarations and order them; raises `fp.CallbackGraphError`s."""
+    cbs = tuple(callbacks)
+    names = tuple(names) if names is not None else _default_names(cbs)
+    access = tuple(_access_of(cb) for cb in cbs)
+    after = [_runafter_of(cb) for cb in cbs]
+    reads = [a.reads() for a in access]
+    writes = [a.writes() for a in access]
+    edges: dict[tuple[int, int], tuple[list[str], list[str]]] = {}
+    exclusive: set[tuple[int, int]] = set()
+
+    def add(i: int, j: int, reason: str, label: str) -> None:
+        reasons, labels = edges.setdefault((i, j), ([], []))
+        reasons.append(reason)
+        if label not in labels:
+            labels.append(label)
+
+    for j, types in enumerate(after):
+        for i, cb in enumerate(cbs):
+            if i != j and isinstance(cb, types):
+                add(i, j, f"runafter({names[j]}) lists {type(cb).__name__}", "runafter")
+
+    for i in range(len(cbs)):
+        for j in range(i + 1, len(cbs)):
+            shared = [(p, q) for p in writes[i] for q in writes[j] if overlaps(p, q)]
+            if shared:
+                _resolve(cbs, names, i, j, shared, add, exclusive)
+                continue
+            for w, r in ((i, j), (j, i)):
+                for p in writes[w]:
+                    for q in reads[r]:
+                        if overlaps(p, q):
+                            add(w, r, f"{names[w]} writes {render_path(p)}, which {names[r]} "
+                                f"reads", render_path(q if len(q) > len(p) else p))
+
+    _check_producers(cbs, names, reads, writes)
+    frozen_edges = tuple(
+        Edge(i, j, tuple(reasons), ", ".join(labels)) for (i, j), (reasons, labels) in edges.items()
+    )
+    order = _toposort(cbs, frozen_edges, names)
+    return CallbackGraph(cbs, names, access, frozen_edges, order,
+                         _ancestors(len(cbs), frozen_edges, order), frozenset(exclusive))
+
+
+def _resolve(cbs, names, i, j, shared, add, exclusive) -> None:
+    a, b = cbs[i], cbs[j]
+    answer = _resolution(a, b)
+    if isinstance(answer, NotDefined):
+        answer = _resolution(b, a)
+    rendered = [(render_path(p), render_path(q)) for p, q in shared]
+    if isinstance(answer, NotDefined):
+        raise WriteConflictError(a, b, rendered)
+    if isinstance(answer, Unresolvable):
+        raise UnresolvableConflictError(a, b, rendered)
+    if isinstance(answer, NoConflict):
+        exclusive.add((i, j))
+        return
+    first, second = (i, j) if answer.callback is a else (j, i)
+    label = ", ".join(sorted({p for p, _ in rendered}))
+    add(first, second, f"resolveconflict({names[i]}, {names[j]}) says RunFirst({names[first]}) "
+        f"(both write {label})", f"RunFirst: {label}")
+
+
+def _resolution(a: Callback, b: Callback):
+    answer = resolveconflict(a, b)
+    valid = (NotDefined, Unresolvable, NoConflict, RunFirst)
+    if not isinstance(answer, valid):
+        raise CallbackDeclarationError(
+            f"resolveconflict({type(a).__name__}, {type(b).__name__}) returned {answer!r}; "
+            "it must return fp.NotDefined(), fp.Unresolvable(), fp.NoConflict() or "
+            "fp.RunFirst(callback)."
+        )
+    if isinstance(answer, RunFirst) and answer.callback is not a and answer.callback is not b:
+        raise CallbackDeclarationError(
+            f"resolveconflict({type(a).__name__}, {type(b).__name__}) returned "
+            f"RunFirst({answer.callback!r}), which is neither argument; return fp.RunFirst(a) "
+            "or fp.RunFirst(b) with one of the callbacks it was given."
+        )
+    return answer
+
+
+def _access_of(cb: Callback) -> Access:
+    if not isinstance(cb, Callback):
+        raise CallbackDeclarationError(
+            f"{cb!r} is not a callback: callbacks are instances of fp.Callback subclasses."
+        )
+    access = stateaccess(cb)
+    if not isinstance(access, Access):
+        raise CallbackDeclarationError(
+            f"stateaccess({type(cb).__name__}) returned {access!r}; it must return an "
+            "fp.Access(...) tree, e.g. fp.Access(batch=fp.Access(loss=fp.Read()))."
+        )
+    return access
+
+
+def _runafter_of(cb: Callback) -> tuple[type, ...]:
+    types = runafter(cb)
+    name = type(cb).__name__
+    if not isinstance(types, (tuple, list)):
+        raise CallbackDeclarationError(
+            f"runafter({name}) returned {types!r}; it must return a tuple of callback types, "
+            "e.g. (fp.Metrics,)."
+        )
+    for t in types:
+        if not isinstance(t, type):
+            raise CallbackDeclarationError(
+                f"runafter({name}) lists {t!r}, an instance; list the type instead: "
+                f"({type(t).__name__},)."
+            )
+    return tuple(types)
+
+
+def _check_producers(cbs, names, reads, writes) -> None:
+    for r, paths in enumerate(reads):
+        for q in paths:
+            if q[0] != "cbstate" or len(q) < 2:
+                continue
+            produced = any(
+                overlaps(p, q) for w, ps in enumerate(writes) if w != r for p in ps
+            )
+            if not produced:
+                producer = STATE_PRODUCERS.get(q[1])
+                hint = f"add {producer}" if producer else None
+                raise MissingStateError(cbs[r], render_path(q[:2]), hint)
+
+
+def _toposort(cbs, edges: Sequence[Edge], names) -> tuple[int, ...]:
+    n = len(cbs)
+    succ: list[list[int]] = [[] for _ in range(n)]
+    indegree = [0] * n
+    for e in edges:
+        succ[e.before].append(e.after)
+        indegree[e.after] += 1
+    ready = [i for i in range(n) if indegree[i] == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for j in succ[i]:
+            indegree[j] -= 1
+            if indegree[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) < n:
+        _raise_cycle(cbs, names, set(range(n)) - set(order), edges, succ)
+    return tuple(order)
+
+
+def _raise_cycle(cbs, names, remaining: set[int], edges: Sequence[Edge], succ) -> None:
+    """Walk from the lowest remaining index until a node repeats: that loop is a cycle.
+
+    Every node Kahn's algorithm left behind has a predecessor that was also left behind, so
+    walking successors inside `remaining` cannot get stuck.
+    """
+    preds: dict[int, list[int]] = {i: [] for i in remaining}
+    for e in edges:
+        if e.before in remaining and e.after in remaining:
+            preds[e.after].append(e.before)
+    by_pair = {(e.before, e.after): e for e in edges}
+    node, seen, walk = min(remaining), {}, []
+    while node not in seen:
+        seen[node] = len(walk)
+        walk.append(node)
+        node = min(preds[node])
+    cycle = list(reversed(walk[seen[node]:]))
+    reasons = ["; ".join(by_pair[(a, b)].reasons) for a, b in zip(cycle, [*cycle[1:], cycle[0]])]
+    raise CycleError([cbs[i] for i in cycle], reasons, [names[i] for i in cycle])
+
+
+def _ancestors(n: int, edges: Sequence[Edge], order: Sequence[int]) -> tuple[frozenset[int], ...]:
+    preds: list[set[int]] = [set() for _ in range(n)]
+    for e in edges:
+        preds[e.after].add(e.before)
+    result: list[frozenset[int]] = [frozenset()] * n
+    for i in order:
+        acc: set[int] = set(preds[i])
+        for p in preds[i]:
+            acc |= result[p]
+        result[i] = frozenset(acc)
+    return tuple(result)
+
+
+def _default_names(cbs: Sequence[Callback]) -> tuple[str, ...]:
+    counts: dict[str, int] = {}
+    for cb in cbs:
+        counts[type(cb).__name__] = counts.get(type(cb).__name__, 0) + 1
+    seen: dict[str, int] = {}
+    names = []
+    for cb in cbs:
+        name = type(cb).__name__
+        if counts[name] > 1:
+            seen[name] = seen.get(name, 0) + 1
+            name = f"{name}#{seen[name]}"
+        names.append(name)
+    return tuple(names)

@@ -1,0 +1,388 @@
+"""The `Learner`: model, loss, optimizer, data, callbacks, and the loop that ties them.
+
+    learner = fp.Learner(model, loss_fn, data=(train, valid), callbacks=[fp.ToDevice("cuda")])
+    learner.fit(10)
+
+Building a learner flattens callback groups, adds the default callbacks that were not given,
+builds the dependency graph (raising every `fp.CallbackGraphError` now, not at the first
+event), makes each callback's protected view once and calls each callback's `init`.
+
+State a handler may be granted through `stateaccess`: `model`, `optimizer`, `loss_fn`,
+`data` (`training`, `validation`), `batch` (`xs`, `ys`, `preds`, `loss`, `update`; a fresh
+namespace each step), `cbstate` (state callbacks share), `callbacks`, `device`, `scaler`.
+
+Extending:
+    Pass your own `executor=`; add phases with `fit(n, phases=[(phase, data), ...])`; change
+    callbacks on a built learner with `add_callback`, `remove_callback`, `replace_callback`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import attrs
+import plum
+import torch
+
+from .callback import Callback, UnsafeCallback, on, resolveconflict, runafter, stateaccess
+from .errors import AmbiguousHandlerError, CallbackDeclarationError, CancelFitException
+from .events import (
+    BackwardBegin,
+    BackwardEnd,
+    EpochBegin,
+    EpochEnd,
+    Event,
+    FitBegin,
+    FitEnd,
+    LossBegin,
+    StepBegin,
+    StepEnd,
+)
+from .executors import Executor, Handler, SerialExecutor
+from .graph import CallbackGraph, build_graph
+from .loop import epoch
+from .phases import Phase, TrainingPhase, ValidationPhase
+from .protect import protect
+from .state import Batch, Data, State, as_data
+
+__all__ = ["FitResult", "Learner"]
+
+BUILTIN_EVENTS: tuple[type[Event], ...] = (
+    FitBegin, EpochBegin, StepBegin, LossBegin, BackwardBegin, BackwardEnd, StepEnd, EpochEnd,
+    FitEnd,
+)
+_FIT_PHASE = Phase()
+_FIT_BEGIN, _FIT_END = FitBegin(), FitEnd()
+
+
+@attrs.frozen
+class FitResult:
+    """What `Learner.fit` returns: epochs completed, and why it stopped early (if it did)."""
+
+    epochs: int
+    stop_reason: str | None = None
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.stop_reason is not None
+
+
+class Learner:
+    """Holds everything training needs and runs the loop.
+
+    Args:
+        model: a `torch.nn.Module`.
+        loss_fn: `loss_fn(preds, ys) -> scalar tensor`.
+        data: `(train, valid)`, a mapping or object with `training`/`validation`, or `None`
+            (then give it to `fit`).
+        optimizer: an `Optimizer` over the model's parameters, a factory
+            `params -> Optimizer`, or `None` for Adam with lr 1e-3.
+        callbacks: callbacks and callback groups.
+        use_default_callbacks: add `Recorder`, `Metrics`, `ProgressPrinter`, `MetricsPrinter`
+            and `StopOnNaNLoss` when no callback of that type was given.
+        executor: runs the handlers of each event; `SerialExecutor()` by default.
+        device: where to train; `None` picks CUDA when available, else the CPU. On a
+            non-CPU device a `ToDevice` callback is added unless one was given.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss_fn: Callable[[Any, Any], torch.Tensor],
+        *,
+        data: Any = None,
+        optimizer: torch.optim.Optimizer | Callable[..., torch.optim.Optimizer] | None = None,
+        callbacks: Iterable[Callback] = (),
+        use_default_callbacks: bool = True,
+        executor: Executor | None = None,
+        device: Any = None,
+    ) -> None:
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable as loss_fn(preds, ys), got {loss_fn!r}")
+        if executor is not None and not isinstance(executor, Executor):
+            raise TypeError(
+                f"executor must be an fp.Executor (with run(event, phase, handlers)), "
+                f"not {type(executor).__name__}"
+            )
+        self.model = model
+        self.loss_fn = loss_fn
+        self.device = _resolve_device(device)
+        self.data: Data | None = as_data(data)
+        self.optimizer = _make_optimizer(optimizer, model)
+        self.executor: Executor = executor if executor is not None else SerialExecutor()
+        self.batch = Batch()
+        self.cbstate = State()
+        self.scaler = None
+        self._plans: dict[tuple[Event, Phase], tuple[Handler, ...]] = {}
+        self._stale = False
+        roots = list(callbacks)
+        if use_default_callbacks:
+            roots += _missing_defaults(roots)
+        if self.device.type != "cpu":
+            from .callbacks.todevice import ToDevice
+
+            if not any(isinstance(c, ToDevice) for c in _flatten(roots)[0]):
+                roots.append(ToDevice(self.device))
+        self._roots: list[Callback] = []
+        self._set_callbacks(roots)
+        on.subscribe(self._methods_changed)
+        for fn in (stateaccess, runafter, resolveconflict):
+            fn.subscribe(self._declarations_changed)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def fit(self, n_epochs: int, data: Any = None,
+            phases: Sequence[tuple[Phase, Any]] | None = None) -> FitResult:
+        """Train for `n_epochs` more epochs of (training, validation), or of `phases`.
+
+        `FitBegin` fires first and `FitEnd` always fires last, also after an error or Ctrl-C.
+        `CancelFitException` ends the fit normally; its message is the `stop_reason`.
+        """
+        if not isinstance(n_epochs, int) or isinstance(n_epochs, bool) or n_epochs < 0:
+            raise ValueError(f"fit(n_epochs={n_epochs!r}): n_epochs must be an int >= 0")
+        if data is not None:
+            self.data = as_data(data)
+        plan = self._phase_plan(phases)
+        if self._stale:
+            self._set_callbacks(self._roots, init=False)
+        epochs, reason = 0, None
+        try:
+            self.handle(_FIT_BEGIN, _FIT_PHASE)
+            for _ in range(n_epochs):
+                for phase, phase_data in plan:
+                    epoch(self, phase, phase_data)
+                epochs += 1
+        except CancelFitException as stop:
+            reason = str(stop) or "CancelFitException"
+        except BaseException as exc:
+            try:
+                self.handle(_FIT_END, _FIT_PHASE)
+            except Exception as end_exc:
+                exc.add_note(f"FitEnd handlers also failed: {end_exc!r}")
+            raise
+        self.handle(_FIT_END, _FIT_PHASE)
+        return FitResult(epochs, reason)
+
+    def handle(self, event: Event, phase: Phase) -> None:
+        """Fire `event` in `phase`: run the handlers of every callback that has one."""
+        plan = self._plans.get((event, phase))
+        if plan is None:
+            plan = self._plan(event, phase)
+        if plan:
+            self.executor.run(event, phase, plan)
+
+    # -- callbacks -----------------------------------------------------------------------------
+
+    @property
+    def callbacks(self) -> tuple[Callback, ...]:
+        """All callbacks (groups flattened), in the order they were given."""
+        return self.graph.callbacks
+
+    def add_callback(self, callback: Callback) -> None:
+        """Add a callback (or group), re-check the graph and `init` it."""
+        self._set_callbacks([*self._roots, callback])
+
+    def remove_callback(self, callback: Callback | type) -> Callback:
+        """Remove a top-level callback given as the object or its type; returns it."""
+        index = self._root_index(callback)
+        removed = self._roots[index]
+        self._set_callbacks(self._roots[:index] + self._roots[index + 1:], init=False)
+        return removed
+
+    def replace_callback(self, old: Callback | type, new: Callback) -> Callback:
+        """Put `new` where `old` (an object or type) was; returns `old`."""
+        index = self._root_index(old)
+        removed = self._roots[index]
+        self._set_callbacks([*self._roots[:index], new, *self._roots[index + 1:]])
+        return removed
+
+    def get_callback(self, kind: type) -> Callback | None:
+        """The first callback that is an instance of `kind`, or `None`."""
+        return next((c for c in self.callbacks if isinstance(c, kind)), None)
+
+    def view(self, callback: Callback) -> Any:
+        """The protected view `callback`'s handlers get (the raw learner for `UnsafeCallback`)."""
+        for cb, v in zip(self.graph.callbacks, self._views):
+            if cb is callback:
+                return v
+        raise ValueError(f"{type(callback).__name__} is not a callback of this learner")
+
+    def _root_index(self, callback: Callback | type) -> int:
+        for i, cb in enumerate(self._roots):
+            if cb is callback or (isinstance(callback, type) and isinstance(cb, callback)):
+                return i
+        names = ", ".join(type(c).__name__ for c in self._roots)
+        raise ValueError(f"no callback {callback!r} among the learner's callbacks ({names})")
+
+    def _set_callbacks(self, roots: list[Callback], init: bool = True) -> None:
+        flat, groups = _flatten(roots)
+        graph = build_graph(flat)
+        views = tuple(
+            self if isinstance(cb, UnsafeCallback) else protect(self, access, cb)
+            for cb, access in zip(graph.callbacks, graph.access)
+        )
+        _check_ambiguity(graph)
+        previous = getattr(self, "graph", None)
+        old = {id(c) for c in previous.callbacks} if previous is not None else set()
+        self.graph, self._views, self.groups = graph, views, groups
+        self._roots = list(roots)
+        self._plans = {}
+        self._stale = False
+        if init:
+            for cb, v in zip(graph.callbacks, views):
+                if id(cb) not in old:
+                    cb.init(v)
+
+    def _plan(self, event: Event, phase: Phase) -> tuple[Handler, ...]:
+        graph = self.graph
+        handlers: list[Handler] = []
+        index: list[int] = []
+        for i in graph.order:
+            cb = graph.callbacks[i]
+            method = _method(type(event), type(phase), cb)
+            if method is not None:
+                handlers.append(Handler(cb, graph.names[i], method, event, phase, self._views[i]))
+                index.append(i)
+        for k, h in enumerate(handlers):
+            i = index[k]
+            h.after = tuple(handlers[m] for m in range(k) if index[m] in graph.ancestors[i])
+            h.excludes = tuple(
+                handlers[m] for m in range(len(handlers))
+                if (min(i, index[m]), max(i, index[m])) in graph.exclusive
+            )
+        plan = tuple(handlers)
+        self._plans[(event, phase)] = plan
+        return plan
+
+    def _methods_changed(self, _fn: Any) -> None:
+        self._plans = {}
+
+    def _declarations_changed(self, _fn: Any) -> None:
+        self._stale = True
+
+    def _phase_plan(self, phases: Sequence[tuple[Phase, Any]] | None) -> list[tuple[Phase, Any]]:
+        if phases is None:
+            if self.data is None or self.data.training is None:
+                raise ValueError(
+                    "fit has no data: pass data=(train, valid) to fp.Learner(...) or to fit(...), "
+                    "or phases=[(phase, data), ...]."
+                )
+            plan = [(TrainingPhase(), self.data.training)]
+            if self.data.validation is not None:
+                plan.append((ValidationPhase(), self.data.validation))
+        else:
+            plan = []
+            for item in phases:
+                if not (isinstance(item, (tuple, list)) and len(item) == 2
+                        and isinstance(item[0], Phase)):
+                    raise TypeError(
+                        f"fit(phases=...) takes (phase, data) pairs with phase an fp.Phase "
+                        f"instance, got {item!r}"
+                    )
+                plan.append((item[0], item[1]))
+        for phase, data in plan:
+            if hasattr(data, "__len__") and len(data) == 0:
+                raise ValueError(
+                    f"the data for {phase} is empty (len 0): an epoch would do nothing. Check "
+                    "the dataset and the DataLoader's batch_size / drop_last."
+                )
+        return plan
+
+
+def _method(event: type, phase: type, cb: Callback):
+    try:
+        return on.which(event, phase, type(cb), Learner)
+    except plum.AmbiguousLookupError as exc:
+        candidates = [f"{m.implementation.__module__}.{m.implementation.__qualname__}"
+                      f"{m.signature}" for m in exc.methods]
+        raise AmbiguousHandlerError(event, phase, cb, candidates) from None
+
+
+def _check_ambiguity(graph: CallbackGraph) -> None:
+    """Resolve every built-in (event, phase) pair now, so ambiguity fails at build time."""
+    for cb in graph.callbacks:
+        for event in BUILTIN_EVENTS:
+            phases = (Phase,) if event in (FitBegin, FitEnd) else (TrainingPhase, ValidationPhase)
+            for phase in phases:
+                _method(event, phase, cb)
+
+
+def _flatten(roots: Iterable[Callback]) -> tuple[list[Callback], dict[int, Callback]]:
+    """Callbacks with groups expanded depth-first, and `id(child) -> group`."""
+    flat: list[Callback] = []
+    groups: dict[int, Callback] = {}
+    seen: set[int] = set()
+
+    def visit(cb: Callback, group: Callback | None) -> None:
+        if not isinstance(cb, Callback):
+            raise CallbackDeclarationError(
+                f"{cb!r} is not a callback: callbacks are instances of fp.Callback subclasses"
+                + (f" (found in {type(group).__name__})" if group is not None else "")
+            )
+        if id(cb) in seen:
+            raise CallbackDeclarationError(
+                f"{type(cb).__name__} was given twice (the same object); pass it once."
+            )
+        seen.add(id(cb))
+        flat.append(cb)
+        if group is not None:
+            groups[id(cb)] = group
+        children = getattr(cb, "callbacks", None)
+        if callable(children):
+            children = children()
+        for child in children or ():
+            visit(child, cb)
+
+    for cb in roots:
+        visit(cb, None)
+    return flat, groups
+
+
+def _missing_defaults(given: list[Callback]) -> list[Callback]:
+    from .callbacks import Metrics, MetricsPrinter, ProgressPrinter, Recorder, StopOnNaNLoss
+
+    present = _flatten(given)[0]
+    return [kind() for kind in (Recorder, Metrics, ProgressPrinter, MetricsPrinter, StopOnNaNLoss)
+            if not any(isinstance(c, kind) for c in present)]
+
+
+def _resolve_device(device: Any) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r} is not a device torch knows: {exc}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} asks for CUDA, but CUDA is not available here; "
+                             "use device='cpu' or leave device=None to pick automatically.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: there are only {torch.cuda.device_count()} "
+                             "CUDA devices.")
+    return dev
+
+
+def _make_optimizer(optimizer: Any, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if optimizer is None:
+        return torch.optim.Adam(model.parameters(), lr=1e-3)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        if not callable(optimizer):
+            raise TypeError(f"optimizer must be a torch Optimizer, a factory params -> Optimizer, "
+                            f"or None; got {type(optimizer).__name__}")
+        optimizer = optimizer(model.parameters())
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"the optimizer factory returned {type(optimizer).__name__}, "
+                            "not a torch.optim.Optimizer")
+    owned = {id(p) for p in model.parameters()}
+    foreign = sum(1 for g in optimizer.param_groups for p in g["params"] if id(p) not in owned)
+    if foreign:
+        raise ValueError(
+            f"the optimizer updates {foreign} tensor(s) that are not parameters of the model, so "
+            "training would not change the model. Build it from model.parameters(), or pass a "
+            "factory such as lambda params: torch.optim.SGD(params, lr=0.1)."
+        )
+    return optimizer

@@ -1,0 +1,232 @@
+"""The training loop: `epoch`, `step`, and the helpers custom steps are written with.
+
+`step(learner, phase, batch)` and `epoch(learner, phase, data)` are generic functions
+dispatched on the phase, so a custom phase brings its own step. A custom step is written with
+
+    @fp.step.dispatch
+    def _(learner, phase: MyPhase, batch):
+        xs, ys = batch
+        with fp.run_step(learner, phase, xs=xs, ys=ys) as state:
+            state.preds = learner.model(state.xs)
+            learner.handle(MyEvent(), phase)
+            ...
+
+What fires under each kind of termination:
+
+| raised                   | rest of step | `StepEnd` | `EpochEnd` | rest of fit | `FitEnd` |
+|--------------------------|--------------|-----------|------------|-------------|----------|
+| `CancelStepException`    | skipped      | no        | yes        | continues   | yes      |
+| `CancelEpochException`   | skipped      | no        | yes        | continues   | yes      |
+| `CancelFitException`     | skipped      | no        | no         | ends normally | yes    |
+| any other error, Ctrl-C  | skipped      | no        | no         | propagates  | yes      |
+
+The hot path adds no host-device synchronisation: nothing here reads a tensor's value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from .dispatch import GenericFunction
+from .errors import BadBatchError, BadLossError, CancelEpochException, CancelStepException
+from .events import (
+    BackwardBegin,
+    BackwardEnd,
+    EpochBegin,
+    EpochEnd,
+    LossBegin,
+    StepBegin,
+    StepEnd,
+)
+from .phases import AbstractTrainingPhase, AbstractValidationPhase, Phase
+from .state import Batch
+
+__all__ = ["epoch", "run_epoch", "run_step", "step", "update_parameters"]
+
+# One instance of each event: events are compared by type, and reusing them keeps the plan
+# lookup a dictionary hit with a cached hash.
+STEP_BEGIN, STEP_END, LOSS_BEGIN = StepBegin(), StepEnd(), LossBegin()
+BACKWARD_BEGIN, BACKWARD_END = BackwardBegin(), BackwardEnd()
+EPOCH_BEGIN, EPOCH_END = EpochBegin(), EpochEnd()
+
+
+def _step(learner, phase: Phase, batch):
+    """step(learner, phase, batch)
+
+    One step of `phase` on `batch`. Built-in methods exist for `AbstractTrainingPhase`
+    (forward, loss, backward, update) and `AbstractValidationPhase` (forward, loss).
+
+    Extending:
+        `@fp.step.dispatch` a method for your phase type; use `fp.run_step` inside it.
+    """
+    raise NotImplementedError(
+        f"fluxpy has no step for {type(phase).__name__}: define one with\n"
+        "    @fp.step.dispatch\n"
+        f"    def _(learner, phase: {type(phase).__name__}, batch): ..."
+    )
+
+
+def _epoch(learner, phase: Phase, data):
+    """epoch(learner, phase, data)
+
+    One pass of `phase` over `data`, framed by `EpochBegin`/`EpochEnd`. Validation phases run
+    under `model.eval()` and `torch.inference_mode()`; training phases under `model.train()`.
+    """
+    with run_epoch(learner, phase):
+        _run_steps(learner, phase, data)
+
+
+step = GenericFunction(_step, arity=3, params="learner, phase, batch")
+epoch = GenericFunction(_epoch, arity=3, params="learner, phase, data")
+
+
+def _run_steps(learner, phase: Phase, data) -> None:
+    iterator = iter(data)
+    impl, impl_type = None, None
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except Exception as exc:
+            exc.add_note(f"raised by the data iterator of {phase} ({type(data).__name__})")
+            raise
+        if type(batch) is not impl_type:  # resolve once per epoch, not per step
+            impl_type = type(batch)
+            impl = step.resolve(type(learner), type(phase), impl_type)
+        impl(learner, phase, batch)
+
+
+@epoch.dispatch
+def _training_epoch(learner, phase: AbstractTrainingPhase, data):
+    learner.model.train()
+    _epoch(learner, phase, data)
+
+
+@epoch.dispatch
+def _validation_epoch(learner, phase: AbstractValidationPhase, data):
+    model = learner.model
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            _epoch(learner, phase, data)
+    finally:
+        model.train(was_training)
+
+
+@contextmanager
+def run_epoch(learner, phase: Phase) -> Iterator[None]:
+    """Frame an epoch: `EpochBegin`, the body, `EpochEnd` (also after `CancelEpochException`)."""
+    try:
+        learner.handle(EPOCH_BEGIN, phase)
+        yield
+    except CancelEpochException:
+        pass
+    learner.handle(EPOCH_END, phase)
+
+
+@contextmanager
+def run_step(learner, phase: Phase, **state: Any) -> Iterator[Batch]:
+    """Frame a step: a fresh `learner.batch` from `state`, `StepBegin`, the body, `StepEnd`.
+
+    `CancelStepException` raised in the body (or a handler) ends the step without `StepEnd`.
+    """
+    learner.batch = Batch(**state)
+    try:
+        learner.handle(STEP_BEGIN, phase)
+        yield learner.batch
+    except CancelStepException:
+        return
+    learner.handle(STEP_END, phase)
+
+
+def update_parameters(learner) -> None:
+    """The optimizer update of the built-in training step (through the gradient scaler if any).
+
+    Handlers at `BackwardEnd` skip it by setting `learner.batch.update = False` (gradient
+    accumulation does); a `MixedPrecision` callback installs `learner.scaler`.
+    """
+    optimizer = learner.optimizer
+    scaler = learner.scaler
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+@step.dispatch
+def _training_step(learner, phase: AbstractTrainingPhase, batch):
+    xs, ys = _unpack(batch, phase)
+    learner.batch = Batch(xs=xs, ys=ys, update=True)
+    handle = learner.handle
+    backward_done = False
+    try:
+        handle(STEP_BEGIN, phase)
+        state = learner.batch
+        state.preds = learner.model(state.xs)
+        handle(LOSS_BEGIN, phase)
+        state = learner.batch
+        state.loss = _check_loss(learner.loss_fn(state.preds, state.ys), phase)
+        handle(BACKWARD_BEGIN, phase)
+        state = learner.batch
+        state.loss.backward()
+        backward_done = True
+        handle(BACKWARD_END, phase)
+        if learner.batch.update:
+            update_parameters(learner)
+    except CancelStepException:
+        if backward_done:  # a cancelled step must not leak its gradients into the next update
+            learner.optimizer.zero_grad(set_to_none=True)
+        return
+    handle(STEP_END, phase)
+
+
+@step.dispatch
+def _validation_step(learner, phase: AbstractValidationPhase, batch):
+    xs, ys = _unpack(batch, phase)
+    learner.batch = Batch(xs=xs, ys=ys)
+    handle = learner.handle
+    try:
+        handle(STEP_BEGIN, phase)
+        state = learner.batch
+        state.preds = learner.model(state.xs)
+        handle(LOSS_BEGIN, phase)
+        state = learner.batch
+        state.loss = _check_loss(learner.loss_fn(state.preds, state.ys), phase)
+    except CancelStepException:
+        return
+    handle(STEP_END, phase)
+
+
+def _unpack(batch: Any, phase: Phase) -> Any:
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch
+    if isinstance(batch, (tuple, list)):
+        what = f"a {type(batch).__name__} of {len(batch)} items"
+    elif isinstance(batch, torch.Tensor):
+        what = f"a tensor of shape {tuple(batch.shape)}"
+    else:
+        what = f"a {type(batch).__name__}"
+    raise BadBatchError(
+        f"{phase} got {what} as a batch; the built-in steps need (xs, ys) pairs (a tuple or "
+        "list of two). Yield pairs from the data (e.g. a DataLoader over a TensorDataset(xs, "
+        f"ys)), or give {type(phase).__name__} its own step with @fp.step.dispatch."
+    )
+
+
+def _check_loss(loss: Any, phase: Phase) -> Any:
+    if isinstance(loss, torch.Tensor) and loss.ndim == 0:
+        return loss
+    what = (f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor)
+            else f"a {type(loss).__name__}")
+    raise BadLossError(
+        f"loss_fn returned {what} in {phase}; fluxpy needs a scalar tensor to differentiate "
+        "and to average. Reduce it (e.g. reduction='mean', or .mean() at the end of loss_fn)."
+    )
