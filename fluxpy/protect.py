@@ -54,6 +54,9 @@ class ProtectedObject:
             raise AttributeError(name)
         node = self._fp_children.get(name, self._fp_base)
         if node is None:
+            value = getattr(self._fp_obj, name, None)
+            if _is_namespace(value):  # report the full path: learner.batch.loss, not .batch
+                return _Denied(self._fp_owner, self._fp_prefix + name)
             raise ProtectedError(self._fp_owner, self._fp_prefix + name, "read")
         value = getattr(self._fp_obj, name)
         kind = type(node)
@@ -96,6 +99,36 @@ class ProtectedObject:
     def __repr__(self) -> str:
         where = f"learner.{self._fp_prefix.rstrip('.')}" if self._fp_prefix else "learner"
         return f"<{where} as {type(self._fp_owner).__name__} may see it>"
+
+
+def _is_namespace(value: Any) -> bool:
+    return isinstance(value, types.SimpleNamespace) or attrs.has(type(value))
+
+
+class _Denied:
+    """A namespace the callback may not see: any use raises `ProtectedError` with the full
+    path, so the message says `learner.batch.loss` rather than `learner.batch`."""
+
+    __slots__ = ("_fp_owner", "_fp_path")
+
+    def __init__(self, owner: Any, path: str) -> None:
+        object.__setattr__(self, "_fp_owner", owner)
+        object.__setattr__(self, "_fp_path", path)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise ProtectedError(self._fp_owner, f"{self._fp_path}.{name}", "read")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise ProtectedError(self._fp_owner, f"{self._fp_path}.{name}", "write")
+
+    def _fp_use(self, *args: Any, **kwargs: Any) -> Any:
+        raise ProtectedError(self._fp_owner, self._fp_path, "read")
+
+    __delattr__ = __getitem__ = __setitem__ = __iter__ = __len__ = __contains__ = _fp_use
+    __bool__ = __call__ = __eq__ = __repr__ = __str__ = _fp_use
+    __hash__ = None  # type: ignore[assignment]
 
 
 def readonly(value: Any, owner: Any, path: str) -> Any:
