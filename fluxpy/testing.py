@@ -31,8 +31,11 @@ class CoeffModel(torch.nn.Module):
         return xs * self.coeff
 
 
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
 def test_batches(n: int = 16, coeff: float = 3.0, batch_size: int = 8,
-                 generator: torch.Generator | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                 generator: torch.Generator | None = None) -> Batches:
     """`n` batches of `(xs, coeff * xs)` with `xs` drawn from 1..100."""
     batches = []
     for _ in range(n):
