@@ -13,7 +13,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,docs,plot,tensorboard]"
+	$(BIN)/python -m pip install -q -e ".[dev,docs,plot,tensorboard,metrics]"
 	touch $@
 
 demo: $(VENV)/.installed
