@@ -55,6 +55,7 @@ class ProtectedError(PermissionError):
         self.callback = callback
         self.path = path
         self.mode = mode
+        self.granted = granted
         name = _name(callback)
         verb = "write" if mode == "write" else "read"
         perm = "fp.Write()" if mode == "write" else "fp.Read()"
@@ -65,7 +66,7 @@ class ProtectedError(PermissionError):
         super().__init__(msg)
 
     def __reduce__(self):
-        return (type(self), (self.callback, self.path, self.mode))
+        return (type(self), (self.callback, self.path, self.mode, self.granted))
 
 
 # -- the callback graph ------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
+import torch
 
 from .access import Access, Read, Write
 from .errors import ProtectedError
@@ -143,7 +144,7 @@ def readonly(value: Any, owner: Any, path: str) -> Any:
         return frozenset(value)
     if isinstance(value, types.SimpleNamespace) or attrs.has(type(value)) or (
         type(value).__module__.startswith("fluxpy.")
-        and not isinstance(value, (ProtectedObject, _ReadOnly))
+        and not isinstance(value, (ProtectedObject, _ReadOnly, torch.nn.Module))
     ):
         return ReadOnlyObject(value, owner, path)
     return value
