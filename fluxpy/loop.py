@@ -91,6 +91,8 @@ def _run_steps(learner, phase: Phase, data) -> None:
         try:
             batch = next(iterator)
         except StopIteration:
+            if impl_type is None:
+                raise ValueError(_no_batches(phase, data)) from None
             return
         except Exception as exc:
             exc.add_note(f"raised by the data iterator of {phase} ({type(data).__name__})")
@@ -99,6 +101,13 @@ def _run_steps(learner, phase: Phase, data) -> None:
             impl_type = type(batch)
             impl = step.resolve(type(learner), type(phase), impl_type)
         impl(learner, phase, batch)
+
+
+def _no_batches(phase: Phase, data: Any) -> str:
+    hint = ("an iterator or generator is used up after one pass: pass a list, a DataLoader or "
+            "another object that can be iterated again" if iter(data) is data else
+            "check the dataset and the DataLoader's batch_size / drop_last")
+    return f"the data for {phase} ({type(data).__name__}) yielded no batches: {hint}."
 
 
 @epoch.dispatch
@@ -173,7 +182,7 @@ def _training_step(learner, phase: AbstractTrainingPhase, batch):
         state.preds = learner.model(state.xs)
         handle(LOSS_BEGIN, phase)
         state = learner.batch
-        state.loss = _check_loss(learner.loss_fn(state.preds, state.ys), phase)
+        state.loss = _loss(learner, state, phase)
         handle(BACKWARD_BEGIN, phase)
         state = learner.batch
         state.loss.backward()
@@ -181,10 +190,12 @@ def _training_step(learner, phase: AbstractTrainingPhase, batch):
         handle(BACKWARD_END, phase)
         if learner.batch.update:
             update_parameters(learner)
-    except CancelStepException:
-        if backward_done:  # a cancelled step must not leak its gradients into the next update
+    except BaseException as exc:
+        if backward_done:  # an unfinished step must not leak its gradients into the next update
             learner.optimizer.zero_grad(set_to_none=True)
-        return
+        if isinstance(exc, CancelStepException):
+            return
+        raise
     handle(STEP_END, phase)
 
 
@@ -199,7 +210,7 @@ def _validation_step(learner, phase: AbstractValidationPhase, batch):
         state.preds = learner.model(state.xs)
         handle(LOSS_BEGIN, phase)
         state = learner.batch
-        state.loss = _check_loss(learner.loss_fn(state.preds, state.ys), phase)
+        state.loss = _loss(learner, state, phase)
     except CancelStepException:
         return
     handle(STEP_END, phase)
@@ -219,6 +230,24 @@ def _unpack(batch: Any, phase: Phase) -> Any:
         "list of two). Yield pairs from the data (e.g. a DataLoader over a TensorDataset(xs, "
         f"ys)), or give {type(phase).__name__} its own step with @fp.step.dispatch."
     )
+
+
+def _loss(learner, state: Batch, phase: Phase) -> Any:
+    """`loss_fn(preds, ys)`, checked; its own errors get a note with what it was given."""
+    try:
+        loss = learner.loss_fn(state.preds, state.ys)
+    except Exception as exc:
+        exc.add_note(f"raised by loss_fn(preds, ys) in the {phase} step, with preds "
+                     f"{_describe(state.preds)} and ys {_describe(state.ys)}: check that the "
+                     "model's output fits the loss function and the labels")
+        raise
+    return _check_loss(loss, phase)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
 
 
 def _check_loss(loss: Any, phase: Phase) -> Any:
