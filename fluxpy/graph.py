@@ -200,10 +200,15 @@ def _runafter_of(cb: Callback) -> tuple[type, ...]:
             "e.g. (fp.Metrics,)."
         )
     for t in types:
-        if not isinstance(t, type):
+        if isinstance(t, Callback):
             raise CallbackDeclarationError(
                 f"runafter({name}) lists {t!r}, an instance; list the type instead: "
                 f"({type(t).__name__},)."
+            )
+        if not isinstance(t, type):
+            raise CallbackDeclarationError(
+                f"runafter({name}) lists {t!r}, which is not a type; list callback classes, "
+                "e.g. (fp.Metrics,)."
             )
     return tuple(types)
 
@@ -261,6 +266,8 @@ def _raise_cycle(cbs, names, remaining: set[int], edges: Sequence[Edge], succ) -
         walk.append(node)
         node = min(preds[node])
     cycle = list(reversed(walk[seen[node]:]))
+    start = cycle.index(min(cycle))  # read it from the callback given first
+    cycle = cycle[start:] + cycle[:start]
     reasons = ["; ".join(by_pair[(a, b)].reasons) for a, b in zip(cycle, [*cycle[1:], cycle[0]])]
     raise CycleError([cbs[i] for i in cycle], reasons, [names[i] for i in cycle])
 

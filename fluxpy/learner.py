@@ -296,9 +296,14 @@ def _method(event: type, phase: type, cb: Callback):
     try:
         return on.which(event, phase, type(cb), Learner)
     except plum.AmbiguousLookupError as exc:
-        candidates = [f"{m.implementation.__module__}.{m.implementation.__qualname__}"
-                      f"{m.signature}" for m in exc.methods]
-        raise AmbiguousHandlerError(event, phase, cb, candidates) from None
+        raise AmbiguousHandlerError(event, phase, cb, [_describe(m) for m in exc.methods]) from None
+
+
+def _describe(method: plum.Method) -> str:
+    """`module.function(StepEnd, Phase, MyCallback, Any)`: where a method is and what it takes."""
+    impl = method.implementation
+    types = ", ".join(getattr(t, "__name__", str(t)) for t in method.signature.types)
+    return f"{impl.__module__}.{impl.__qualname__}({types})"
 
 
 def _check_ambiguity(graph: CallbackGraph) -> None:
