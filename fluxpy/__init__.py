@@ -15,16 +15,24 @@ from .callback import (
     stateaccess,
 )
 from .callbacks import (
+    ActivationStats,
     ConditionalCallback,
     CustomCallback,
+    EarlyStopping,
     History,
+    HyperParameter,
+    LearningRate,
     Metric,
     Metrics,
     MetricsPrinter,
+    Momentum,
     ProgressPrinter,
     Recorder,
+    Scheduler,
     StopOnNaNLoss,
     ToDevice,
+    WeightDecay,
+    fit_one_cycle,
     throttle,
 )
 from .errors import (
@@ -62,6 +70,7 @@ from .explain import Explanation, explain
 from .graph import CallbackGraph, build_graph
 from .learner import FitResult, Learner
 from .loop import epoch, run_epoch, run_step, step, update_parameters
+from .lrfind import LRFindResult, lr_find
 from .phases import (
     AbstractTrainingPhase,
     AbstractValidationPhase,
@@ -69,6 +78,8 @@ from .phases import (
     TrainingPhase,
     ValidationPhase,
 )
+from .plots import plot_history
+from .schedules import concat, cosine, linear, one_cycle, warmup
 
 __version__ = "0.1.0"
 
@@ -76,6 +87,7 @@ __all__ = [
     "AbstractTrainingPhase",
     "AbstractValidationPhase",
     "Access",
+    "ActivationStats",
     "AmbiguousHandlerError",
     "BackwardBegin",
     "BackwardEnd",
@@ -94,6 +106,7 @@ __all__ = [
     "ConditionalCallback",
     "CustomCallback",
     "CycleError",
+    "EarlyStopping",
     "EpochBegin",
     "EpochEnd",
     "Event",
@@ -104,12 +117,16 @@ __all__ = [
     "FitResult",
     "Handler",
     "History",
+    "HyperParameter",
+    "LRFindResult",
     "Learner",
+    "LearningRate",
     "LossBegin",
     "Metric",
     "Metrics",
     "MetricsPrinter",
     "MissingStateError",
+    "Momentum",
     "NoConflict",
     "NotDefined",
     "Phase",
@@ -118,6 +135,7 @@ __all__ = [
     "Read",
     "Recorder",
     "RunFirst",
+    "Scheduler",
     "SerialExecutor",
     "StepBegin",
     "StepEnd",
@@ -129,13 +147,21 @@ __all__ = [
     "UnsafeCallback",
     "Unresolvable",
     "ValidationPhase",
+    "WeightDecay",
     "Write",
     "WriteConflictError",
     "__version__",
     "build_graph",
+    "concat",
+    "cosine",
     "epoch",
     "explain",
+    "fit_one_cycle",
+    "linear",
+    "lr_find",
     "on",
+    "one_cycle",
+    "plot_history",
     "resolveconflict",
     "run_epoch",
     "run_step",
@@ -144,4 +170,5 @@ __all__ = [
     "step",
     "throttle",
     "update_parameters",
+    "warmup",
 ]
