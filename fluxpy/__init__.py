@@ -16,6 +16,7 @@ from .callback import (
 )
 from .callbacks import (
     ActivationStats,
+    Checkpointer,
     ConditionalCallback,
     CustomCallback,
     EarlyStopping,
@@ -35,6 +36,7 @@ from .callbacks import (
     fit_one_cycle,
     throttle,
 )
+from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import (
     AmbiguousHandlerError,
     BadBatchError,
@@ -103,6 +105,7 @@ __all__ = [
     "CancelFitException",
     "CancelStepException",
     "CheckpointError",
+    "Checkpointer",
     "ConditionalCallback",
     "CustomCallback",
     "CycleError",
@@ -158,6 +161,7 @@ __all__ = [
     "explain",
     "fit_one_cycle",
     "linear",
+    "load_checkpoint",
     "lr_find",
     "on",
     "one_cycle",
@@ -166,6 +170,7 @@ __all__ = [
     "run_epoch",
     "run_step",
     "runafter",
+    "save_checkpoint",
     "stateaccess",
     "step",
     "throttle",

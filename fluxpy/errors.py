@@ -169,7 +169,16 @@ class BadLossError(TypeError):
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file is missing, damaged, foreign or from a newer format."""
+    """A checkpoint file or folder is missing, damaged, foreign, from a newer format, from
+    another model, or cannot be written. `path` names it; `problem` says what is wrong."""
+
+    def __init__(self, path: object, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.problem))
 
 
 def _name(obj: Any) -> str:

@@ -9,7 +9,8 @@ event), makes each callback's protected view once and calls each callback's `ini
 
 State a handler may be granted through `stateaccess`: `model`, `optimizer`, `loss_fn`,
 `data` (`training`, `validation`), `batch` (`xs`, `ys`, `preds`, `loss`, `update`; a fresh
-namespace each step), `cbstate` (state callbacks share), `callbacks`, `device`, `scaler`.
+namespace each step), `cbstate` (state callbacks share), `callbacks`, `device`, `scaler`,
+`epoch_phases` (the phases of one epoch of the current `fit`, in order).
 
 Extending:
     Pass your own `executor=`; add phases with `fit(n, phases=[(phase, data), ...])`; change
@@ -116,6 +117,7 @@ class Learner:
         self.batch = Batch()
         self.cbstate = State()
         self.scaler = None
+        self.epoch_phases: tuple[Phase, ...] = ()
         self._plans: dict[tuple[Event, Phase], tuple[Handler, ...]] = {}
         self._stale = False
         roots = list(callbacks)
@@ -146,6 +148,7 @@ class Learner:
         if data is not None:
             self.data = as_data(data)
         plan = self._phase_plan(phases)
+        self.epoch_phases = tuple(phase for phase, _ in plan)
         if self._stale:
             self._set_callbacks(self._roots, init=False)
         epochs, reason = 0, None

@@ -1,6 +1,7 @@
 """Built-in callbacks, one family per module."""
 
 from .activations import ActivationStats
+from .checkpointer import Checkpointer
 from .conditional import ConditionalCallback, Throttle, throttle
 from .custom import CustomCallback
 from .earlystopping import EarlyStopping
@@ -21,6 +22,7 @@ from .todevice import ToDevice
 
 __all__ = [
     "ActivationStats",
+    "Checkpointer",
     "ConditionalCallback",
     "CustomCallback",
     "EarlyStopping",

@@ -1,0 +1,235 @@
+"""`Checkpointer`: saves everything needed to resume, at the end of every `every`-th epoch.
+
+    learner = fp.Learner(..., callbacks=[fp.Checkpointer("run/checkpoints")])
+    learner.fit(10)                                  # keeps epoch-0008.pt ... epoch-0010.pt
+    fp.load_checkpoint(new_learner, "run/checkpoints")
+    new_learner.fit(5)                               # continues as if never stopped
+
+When it saves. An epoch is one pass through each phase of the `fit` (training, then
+validation). The checkpoint is taken when the last phase's `EpochEnd` handlers are done: the
+Checkpointer runs after every other callback, so their state is final, and nothing runs
+between it and the next epoch, so the saved random states are the ones the next epoch's
+shuffling and dropout draw from. Files are named `epoch-NNNN.pt` after the number of epochs
+completed over all `fit` calls (resumed runs continue the count). What a file holds, and how
+it is written atomically, is described in `fluxpy.checkpoint`.
+
+When `fit` stops. Whatever ends `fit` (its last epoch, `CancelFitException`, an error, Ctrl-C),
+if the last completed epoch was not saved (with `every` > 1) it is written at `FitEnd`, from a
+copy of the state taken when that epoch ended (so with `every` > 1 a copy of the model and
+optimizer state is kept in host memory between saves). The newest checkpoint is thus always
+the end of the last completed epoch: never a half epoch, and a resume from it is exact. The
+half-done epoch at Ctrl-C is not saved, and neither is an epoch whose `EpochEnd` handlers were
+cut short by `CancelFitException` (an `EarlyStopping` that fired).
+
+Which files stay. The `keep_last` newest, and with `keep_best` the `keep_best` with the best
+`monitor` value (`cbstate.metricsepoch[ValidationPhase()][monitor]` of their epoch, lower is
+better for `mode="min"`); the other `epoch-NNNN.pt` files in the folder are removed after each
+save, and so are temporary files left by writes that were killed. A folder that holds
+checkpoints beyond the learner's epoch (another run's) is an error at `FitBegin`, not something
+to overwrite: load them, or use another folder.
+
+Under `torch.distributed` only rank 0 writes and prunes; the other ranks wait for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from ..access import Access, Read
+from ..callback import Callback, UnsafeCallback, on, runafter, stateaccess
+from ..checkpoint import checkpoint_files, checkpoint_state, write_atomically
+from ..errors import CheckpointError
+from ..events import EpochEnd, FitBegin, FitEnd
+from ..phases import Phase, ValidationPhase
+from ..rankzero import on_rank_zero
+
+__all__ = ["Checkpointer"]
+
+
+@attrs.define
+class Checkpointer(UnsafeCallback):
+    """Writes a checkpoint to `folder` at the end of every `every`-th epoch.
+
+    Args:
+        folder: where the `epoch-NNNN.pt` files go; created if missing. A folder that cannot
+            be written is a `CheckpointError` here, not at the first save.
+        every: save every this many epochs (and the last completed epoch when `fit` ends).
+        keep_last: how many of the newest checkpoints to keep; `None` keeps all.
+        monitor: a validation metric name (`"loss"`, or one given to `Metrics`) by which
+            `keep_best` ranks checkpoints.
+        mode: `"min"` if a lower `monitor` value is better, `"max"` if higher.
+        keep_best: also keep this many checkpoints with the best `monitor` values.
+
+    It is an `UnsafeCallback`: it reads the whole learner (model, optimizer, scaler, every
+    callback's `state_dict()`, `cbstate`), which is what a checkpoint is. Its own state
+    (`epoch`, the epochs completed, and `scores`, the monitor value of each kept file) is
+    saved in the checkpoints too.
+    """
+
+    folder: Path = attrs.field(converter=Path)
+    every: int = 1
+    keep_last: int | None = 3
+    monitor: str | None = None
+    mode: str = "min"
+    keep_best: int = 0
+    epoch: int = attrs.field(default=0, init=False)
+    scores: dict[str, float] = attrs.field(factory=dict, init=False)
+    _phases_ended: int | None = attrs.field(default=None, init=False, repr=False)  # in fit
+    _pending: tuple[int, dict] | None = attrs.field(default=None, init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.every, int) or self.every < 1:
+            raise ValueError(f"Checkpointer(every={self.every!r}): every must be an int >= 1")
+        if self.keep_last is not None and (not isinstance(self.keep_last, int)
+                                           or self.keep_last < 1):
+            raise ValueError(f"Checkpointer(keep_last={self.keep_last!r}): keep at least the "
+                             "newest checkpoint (an int >= 1), or None to keep all")
+        if self.mode not in ("min", "max"):
+            raise ValueError(f"Checkpointer(mode={self.mode!r}): mode is 'min' or 'max'")
+        if not isinstance(self.keep_best, int) or self.keep_best < 0:
+            raise ValueError(f"Checkpointer(keep_best={self.keep_best!r}): an int >= 0")
+        if (self.keep_best > 0) != (self.monitor is not None):
+            raise ValueError(
+                f"Checkpointer(monitor={self.monitor!r}, keep_best={self.keep_best}): give "
+                "both or neither; monitor names the metric by which keep_best checkpoints "
+                "are kept, e.g. Checkpointer(folder, monitor='loss', keep_best=1)"
+            )
+        _check_writable(self.folder)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "scores": dict(self.scores)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+        self.scores = {str(k): float(v) for k, v in state["scores"].items()}
+
+    def files(self) -> list[Path]:
+        """The complete checkpoints in the folder, oldest first."""
+        return [path for _, path in checkpoint_files(self.folder)]
+
+    def _save(self, epoch: int, state: dict) -> None:
+        _remove_leftovers(self.folder)
+        write_atomically(state, self.folder / f"epoch-{epoch:04d}.pt")
+        self._prune()
+
+    def _prune(self) -> None:
+        files = checkpoint_files(self.folder)
+        newest = files if self.keep_last is None else files[-self.keep_last:]
+        keep = {path.name for _, path in newest}
+        if self.keep_best:
+            present = {path.name for _, path in files}
+            scored = [(s, n) for n, s in self.scores.items() if n in present and not math.isnan(s)]
+            scored.sort(key=lambda item: item[0], reverse=self.mode == "max")
+            keep |= {name for _, name in scored[:self.keep_best]}
+        for _, path in files:
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+        self.scores = {n: s for n, s in self.scores.items() if n in keep}
+
+    def _score(self, learner) -> float:
+        values = learner.cbstate.__dict__.get("metricsepoch", {}).get(ValidationPhase(), {})
+        series = values.get(self.monitor)
+        if not series:
+            available = ", ".join(repr(n) for n in values) or "none"
+            raise ValueError(
+                f"Checkpointer(monitor={self.monitor!r}): no {self.monitor!r} value recorded "
+                f"for ValidationPhase this epoch (validation metrics: {available}); keep_best "
+                "needs validation data and Metrics with that metric"
+            )
+        return float(series[-1])
+
+
+@runafter.dispatch
+def _checkpointer_after(cb: Checkpointer):
+    return (Callback,)  # every other callback: their state is final when it is saved
+
+
+@stateaccess.dispatch
+def _checkpointer_access(cb: Checkpointer):
+    return Access(model=Read(), optimizer=Read(), scaler=Read(), cbstate=Read(),
+                  callbacks=Read())
+
+
+@on.dispatch
+def _checkpointer_fit_begin(event: FitBegin, phase: Phase, cb: Checkpointer, learner):
+    cb._phases_ended = 0
+    later = [path for epoch, path in checkpoint_files(cb.folder) if epoch > cb.epoch]
+    if later:
+        raise CheckpointError(
+            cb.folder, f"already holds {later[-1].name}, beyond this learner's epoch {cb.epoch}: "
+            "it is another run's. Resume it with fp.load_checkpoint(learner, folder) before fit, "
+            "or give the Checkpointer an empty folder."
+        )
+
+
+@on.dispatch
+def _checkpointer_epoch_end(event: EpochEnd, phase: Phase, cb: Checkpointer, learner):
+    if cb._phases_ended is None:  # an epoch run outside fit
+        return
+    cb._phases_ended += 1
+    if cb._phases_ended < len(learner.epoch_phases):
+        return
+    cb._phases_ended = 0
+    cb.epoch += 1
+    epoch = cb.epoch
+    if cb.monitor is not None:
+        cb.scores[f"epoch-{epoch:04d}.pt"] = cb._score(learner)
+    cb._pending = None
+    if epoch % cb.every == 0:
+        on_rank_zero(lambda: cb._save(epoch, checkpoint_state(learner)))
+    else:
+        cb._pending = on_rank_zero(lambda: (epoch, _copied(checkpoint_state(learner))))
+
+
+@on.dispatch
+def _checkpointer_fit_end(event: FitEnd, phase: Phase, cb: Checkpointer, learner):
+    pending, cb._pending, cb._phases_ended = cb._pending, None, None
+    if pending is not None:
+        on_rank_zero(lambda: cb._save(*pending))
+
+
+def _copied(value: Any) -> Any:
+    """`value` with every tensor copied to the host, so later training does not change it."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        copy = type(value)() if isinstance(value, OrderedDict) else {}
+        copy.update((k, _copied(v)) for k, v in value.items())
+        if hasattr(value, "_metadata"):  # a module state_dict's per-module versions
+            copy._metadata = value._metadata
+        return copy
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_copied(v) for v in value)
+    return value
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CheckpointError(
+            folder, f"cannot hold checkpoints: {exc.strerror or exc}. Give the Checkpointer a "
+            "folder this process can create and write files in."
+        ) from exc
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Delete temporary files of writes that were killed (`.epoch-NNNN.pt.*.tmp`)."""
+    for entry in os.scandir(folder):
+        if entry.name.startswith(".epoch-") and entry.name.endswith(".tmp"):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
