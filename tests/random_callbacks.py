@@ -1,0 +1,187 @@
+"""Random callback sets for the property tests of the graph and the threaded executor.
+
+The callback types are made once with `type(...)` and share one method of each declaration
+function, which reads the current example's declarations from `CURRENT`. Registering fresh
+methods for every example would pile thousands of methods onto the global generic functions
+and slow every later lookup.
+
+`expectation(scenario)` is an independent model of the rules in DESIGN.md: which errors the
+declarations call for, and otherwise the edges that any valid run order must respect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import graphlib
+
+import attrs
+from hypothesis import strategies as st
+
+import fluxpy as fp
+from fluxpy.access import overlaps
+
+PATHS = [
+    ("batch",), ("batch", "loss"), ("batch", "preds"), ("model",),
+    ("cbstate",), ("cbstate", "a"), ("cbstate", "b"),
+]
+ANSWERS = ["first", "second", "none", "unresolvable", "undefined"]
+RESOLVABLE = ["first", "second", "none"]
+
+
+class RandomCallback(fp.Callback):
+    """Base of the random callback types."""
+
+
+TYPES = tuple(type(f"Cb{i}", (RandomCallback,), {}) for i in range(8))
+
+
+@attrs.define
+class Scenario:
+    """Callbacks in the order given, and what each type declares."""
+
+    callbacks: list
+    access: dict  # type -> fp.Access
+    after: dict  # type -> tuple of types
+    answers: dict  # (type, type) as declared -> one of ANSWERS, about the declared arguments
+
+    def __repr__(self) -> str:
+        lines = [f"callbacks: {[type(cb).__name__ for cb in self.callbacks]}"]
+        lines += [f"  {t.__name__}: {a!r}, runafter {[x.__name__ for x in self.after[t]]}"
+                  for t, a in self.access.items()]
+        lines += [f"  resolveconflict({a.__name__}, {b.__name__}) = {v}"
+                  for (a, b), v in self.answers.items()]
+        return "\n".join(lines)
+
+
+CURRENT = Scenario([], {}, {}, {})
+
+
+@fp.stateaccess.dispatch
+def _random_access(cb: RandomCallback):
+    return CURRENT.access[type(cb)]
+
+
+@fp.runafter.dispatch
+def _random_after(cb: RandomCallback):
+    return CURRENT.after[type(cb)]
+
+
+@fp.resolveconflict.dispatch
+def _random_resolve(a: RandomCallback, b: RandomCallback):
+    answer = CURRENT.answers.get((type(a), type(b)), "undefined")
+    return {"first": fp.RunFirst(a), "second": fp.RunFirst(b), "none": fp.NoConflict(),
+            "unresolvable": fp.Unresolvable(), "undefined": fp.NotDefined()}[answer]
+
+
+@contextlib.contextmanager
+def declared(scenario: Scenario):
+    """Make `scenario`'s declarations the ones the random types answer with."""
+    global CURRENT
+    previous, CURRENT = CURRENT, scenario
+    try:
+        yield scenario.callbacks
+    finally:
+        CURRENT = previous
+
+
+def _tree(path, write):
+    node = fp.Write() if write else fp.Read()
+    for name in reversed(path[1:]):
+        node = fp.Access(**{name: node})
+    return fp.Access(**{path[0]: node})
+
+
+@st.composite
+def accesses(draw):
+    leaves = draw(st.lists(st.tuples(st.sampled_from(PATHS), st.booleans()), max_size=3))
+    access = fp.Access()
+    for path, write in leaves:
+        access = access | _tree(path, write)
+    return access
+
+
+@st.composite
+def scenarios(draw, max_callbacks=6, answers=ANSWERS):
+    """A random callback set; `answers` are the `resolveconflict` results to draw from."""
+    n = draw(st.integers(1, max_callbacks))
+    types = draw(st.permutations(TYPES))[:n]
+    access = {t: draw(accesses()) for t in types}
+    after = {t: tuple(draw(st.lists(st.sampled_from(TYPES), max_size=2, unique=True)))
+             for t in types}
+    declared_answers = {}
+    for i, a in enumerate(types):
+        for b in types[i + 1:]:
+            pair = (a, b) if draw(st.booleans()) else (b, a)
+            declared_answers[pair] = draw(st.sampled_from(answers))
+    return Scenario([t() for t in types], access, after, declared_answers)
+
+
+@attrs.frozen
+class Expectation:
+    """What the rules say about a scenario: the errors it must raise, or the constraints."""
+
+    errors: tuple  # error types any of which is acceptable; empty: it must build
+    edges: frozenset  # (before, after) index pairs every order must respect
+    exclusive: frozenset  # (i, j) pairs that NoConflict makes mutually exclusive
+
+
+def _answer(scenario, a, b):
+    """The answer for callbacks `a`, `b` as (kind, index of the one to run first or None)."""
+    for x, y in ((a, b), (b, a)):
+        answer = scenario.answers.get((type(x), type(y)), "undefined")
+        if answer != "undefined":
+            first = {"first": x, "second": y}.get(answer)
+            return answer, first
+    return "undefined", None
+
+
+def expectation(scenario: Scenario) -> Expectation:
+    cbs = scenario.callbacks
+    reads = [scenario.access[type(cb)].reads() for cb in cbs]
+    writes = [scenario.access[type(cb)].writes() for cb in cbs]
+    errors, edges, exclusive = set(), set(), set()
+    for j, cb in enumerate(cbs):
+        for i, other in enumerate(cbs):
+            if i != j and isinstance(other, scenario.after[type(cb)]):
+                edges.add((i, j))
+    for i in range(len(cbs)):
+        for j in range(i + 1, len(cbs)):
+            if any(overlaps(p, q) for p in writes[i] for q in writes[j]):
+                kind, first = _answer(scenario, cbs[i], cbs[j])
+                if kind == "undefined":
+                    errors.add(fp.WriteConflictError)
+                elif kind == "unresolvable":
+                    errors.add(fp.UnresolvableConflictError)
+                elif kind == "none":
+                    exclusive.add((i, j))
+                else:
+                    edges.add((i, j) if first is cbs[i] else (j, i))
+                continue
+            for w, r in ((i, j), (j, i)):
+                if any(overlaps(p, q) for p in writes[w] for q in reads[r]):
+                    edges.add((w, r))
+    for r, paths in enumerate(reads):
+        for q in paths:
+            if q[0] == "cbstate" and len(q) > 1 and not any(
+                overlaps(p, q) for w in range(len(cbs)) if w != r for p in writes[w]
+            ):
+                errors.add(fp.MissingStateError)
+    sorter = graphlib.TopologicalSorter({j: {i for i, k in edges if k == j}
+                                         for j in range(len(cbs))})
+    try:
+        sorter.prepare()
+    except graphlib.CycleError:
+        errors.add(fp.CycleError)
+    return Expectation(tuple(errors), frozenset(edges), frozenset(exclusive))
+
+
+def stable_order_violation(order, edges) -> str | None:
+    """Each position must hold the lowest-indexed callback whose predecessors already ran."""
+    placed: set[int] = set()
+    for k, chosen in enumerate(order):
+        ready = [i for i in range(len(order)) if i not in placed
+                 and all(b in placed for b, a in edges if a == i)]
+        if chosen != min(ready):
+            return f"position {k} holds {chosen}, but {min(ready)} was ready and given earlier"
+        placed.add(chosen)
+    return None
