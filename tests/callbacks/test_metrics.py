@@ -1,0 +1,156 @@
+"""Metrics: the loss and other metrics, weighted by batch size, read to the host once per epoch."""
+
+import pytest
+import torch
+from torchmetrics.classification import MulticlassAccuracy
+
+import fluxpy as fp
+from fluxpy.testing import test_learner
+
+TRAIN, VALID = fp.TrainingPhase(), fp.ValidationPhase()
+
+# Uneven batches (4, 4, 2) whose last batch has the largest errors: a mean of batch means
+# would differ from the mean over all ten examples.
+XS = [torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([5.0, 6.0, 7.0, 8.0]),
+      torch.tensor([9.0, 10.0])]
+YS = [x * 3 for x in XS[:2]] + [XS[2] * 3 + 40]
+UNEVEN = list(zip(XS, YS))
+
+
+def mean_pred(preds, ys):
+    return preds.mean()
+
+
+def max_error(preds, ys):
+    return (preds - ys).abs().max()
+
+
+class SumOfLabels:
+    """A stateful metric: the sum of all labels of the epoch."""
+
+    def __init__(self):
+        self.total = torch.zeros(())
+        self.resets = self.updates = 0
+
+    def reset(self):
+        self.total = torch.zeros(())
+        self.resets += 1
+
+    def update(self, preds, ys):
+        self.total = self.total + ys.sum()
+        self.updates += 1
+
+    def compute(self):
+        return self.total
+
+
+def validate(*metrics, data=UNEVEN, epochs=1):
+    learner = test_learner(fp.Metrics(*metrics))
+    learner.fit(epochs, phases=[(VALID, data)])
+    return learner, learner.cbstate.metricsepoch[VALID]
+
+
+def test_loss_is_always_tracked_once_per_epoch():
+    learner = test_learner(fp.Metrics())
+    learner.fit(3)
+    assert len(learner.cbstate.metricsepoch[TRAIN]["loss"]) == 3
+    assert len(learner.cbstate.metricsepoch[VALID]["loss"]) == 3
+
+
+def test_loss_mean_is_weighted_by_batch_size():
+    learner, epoch = validate()
+    coeff = learner.model.coeff.item()
+    xs, ys = torch.cat(XS), torch.cat(YS)
+    by_hand = (xs * coeff - ys).abs().mean().item()
+    unweighted = sum((x * coeff - y).abs().mean().item() for x, y in UNEVEN) / 3
+    assert epoch["loss"] == [pytest.approx(by_hand, rel=1e-6)]
+    assert abs(by_hand - unweighted) > 1
+
+
+def test_function_metric_is_named_after_the_function_and_weighted():
+    learner, epoch = validate(mean_pred)
+    by_hand = (torch.cat(XS) * learner.model.coeff.item()).mean().item()
+    assert epoch["mean_pred"] == [pytest.approx(by_hand, rel=1e-6)]
+
+
+def test_metric_can_be_renamed():
+    _, epoch = validate(fp.Metric(max_error, name="worst"))
+    assert set(epoch) == {"loss", "worst"}
+
+
+def test_metric_restricted_to_training_is_not_computed_in_validation():
+    learner = test_learner(fp.Metrics(fp.Metric(max_error, phase=fp.TrainingPhase)))
+    learner.fit(1)
+    assert set(learner.cbstate.metricsepoch[TRAIN]) == {"loss", "max_error"}
+    assert set(learner.cbstate.metricsepoch[VALID]) == {"loss"}
+
+
+def test_stateful_metric_is_reset_each_epoch_updated_each_step_and_computed():
+    metric = SumOfLabels()
+    _, epoch = validate(metric, epochs=2)
+    total = torch.cat(YS).sum().item()
+    assert epoch["SumOfLabels"] == [total, total]
+    assert (metric.resets, metric.updates) == (2, 6)
+
+
+def test_torchmetrics_metric_works_unchanged():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 3)
+    points = torch.randn(13, 2)
+    labels = torch.randint(0, 3, (13,))
+    data = [(points[:5], labels[:5]), (points[5:10], labels[5:10]), (points[10:], labels[10:])]
+    learner = fp.Learner(model, torch.nn.functional.cross_entropy, data=(data, data),
+                         callbacks=[fp.Metrics(MulticlassAccuracy(num_classes=3,
+                                                                  average="micro"))],
+                         use_default_callbacks=False)
+    learner.fit(1)
+    with torch.no_grad():
+        by_hand = (model(points).argmax(dim=1) == labels).float().mean().item()
+    assert learner.cbstate.metricsepoch[VALID]["MulticlassAccuracy"] == [
+        pytest.approx(by_hand)]
+    assert len(learner.cbstate.metricsepoch[TRAIN]["MulticlassAccuracy"]) == 1
+
+
+def test_metrics_read_to_the_host_once_per_phase_and_epoch(host_reads):
+    learner = test_learner(fp.Metrics(mean_pred, max_error, SumOfLabels()))
+    host_reads.clear()  # building the test learner reads its random start
+    learner.fit(2)
+    assert host_reads == ["tolist"] * 4
+
+
+def test_step_values_are_kept_as_tensors():
+    learner, _ = validate(mean_pred)
+    step = learner.cbstate.metricsstep[VALID]
+    assert isinstance(step["loss"], torch.Tensor)
+    last_x, last_y = UNEVEN[-1]
+    coeff = learner.model.coeff.detach()
+    assert step["loss"].item() == pytest.approx((last_x * coeff - last_y).abs().mean().item())
+    assert step["mean_pred"].item() == pytest.approx((last_x * coeff).mean().item())
+
+
+def test_epoch_without_a_completed_step_records_nothing():
+    def cancel(learner):
+        raise fp.CancelStepException()
+
+    learner = test_learner(fp.Metrics(), fp.CustomCallback(cancel, fp.StepBegin, fp.TrainingPhase))
+    learner.fit(1)
+    assert learner.cbstate.metricsepoch[TRAIN] == {}
+    assert len(learner.cbstate.metricsepoch[VALID]["loss"]) == 1
+
+
+def test_metric_named_loss_is_an_error():
+    def loss(preds, ys):
+        return preds.sum()
+
+    with pytest.raises(ValueError, match=r"unique and not 'loss': \['loss'\]"):
+        fp.Metrics(loss)
+
+
+def test_two_metrics_of_one_name_are_an_error():
+    with pytest.raises(ValueError, match=r"rename with fp\.Metric\(fn, name=\.\.\.\)"):
+        fp.Metrics(mean_pred, fp.Metric(max_error, name="mean_pred"))
+
+
+def test_metric_that_is_neither_function_nor_stateful_is_an_error():
+    with pytest.raises(TypeError, match=r"need fn\(preds, ys\) or an object with update"):
+        fp.Metric(42)
