@@ -91,28 +91,34 @@ def _tree(path, write):
     return fp.Access(**{path[0]: node})
 
 
-@st.composite
-def accesses(draw):
-    leaves = draw(st.lists(st.tuples(st.sampled_from(PATHS), st.booleans()), max_size=3))
+# Strategies are built once: building them inside the composite costs more than drawing.
+_LEAVES = st.lists(st.tuples(st.sampled_from(PATHS), st.booleans()), max_size=3)
+_AFTER = st.lists(st.sampled_from(TYPES), max_size=2, unique=True)
+_ORDERS = st.permutations(TYPES)
+
+
+def _access(leaves):
     access = fp.Access()
     for path, write in leaves:
         access = access | _tree(path, write)
     return access
 
 
-@st.composite
-def scenarios(draw, max_callbacks=6, answers=ANSWERS):
+def scenarios(max_callbacks=6, answers=ANSWERS):
     """A random callback set; `answers` are the `resolveconflict` results to draw from."""
-    n = draw(st.integers(1, max_callbacks))
-    types = draw(st.permutations(TYPES))[:n]
-    access = {t: draw(accesses()) for t in types}
-    after = {t: tuple(draw(st.lists(st.sampled_from(TYPES), max_size=2, unique=True)))
-             for t in types}
+    return _scenarios(st.integers(1, max_callbacks), st.sampled_from(answers))
+
+
+@st.composite
+def _scenarios(draw, counts, answers):
+    types = draw(_ORDERS)[:draw(counts)]
+    access = {t: _access(draw(_LEAVES)) for t in types}
+    after = {t: tuple(draw(_AFTER)) for t in types}
     declared_answers = {}
     for i, a in enumerate(types):
         for b in types[i + 1:]:
             pair = (a, b) if draw(st.booleans()) else (b, a)
-            declared_answers[pair] = draw(st.sampled_from(answers))
+            declared_answers[pair] = draw(answers)
     return Scenario([t() for t in types], access, after, declared_answers)
 
 

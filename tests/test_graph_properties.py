@@ -16,7 +16,7 @@ from random_callbacks import (
 
 import fluxpy as fp
 
-FAST = settings(max_examples=150, deadline=None)
+FAST = settings(max_examples=100, deadline=None)
 
 
 @FAST
