@@ -26,6 +26,7 @@ from ..access import Access, Write
 from ..callback import Callback, NoConflict, Unresolvable, on, resolveconflict, stateaccess
 from ..events import StepBegin
 from ..phases import AbstractTrainingPhase
+from .todevice import ToDevice
 
 __all__ = [
     "HyperParameter",
@@ -206,6 +207,13 @@ def _scheduler_access(cb: Scheduler):
 def _schedulers_conflict(a: Scheduler, b: Scheduler):
     """Two schedulers may share the optimizer if they schedule different hyperparameters."""
     return Unresolvable() if set(a.schedules) & set(b.schedules) else NoConflict()
+
+
+@resolveconflict.dispatch
+def _device_and_scheduler(a: ToDevice, b: Scheduler):
+    """`ToDevice` moves optimizer state at `FitBegin`; the scheduler sets `param_groups`
+    values at `StepBegin`: they never touch the same thing at the same event."""
+    return NoConflict()
 
 
 @on.dispatch
