@@ -315,7 +315,7 @@ def _restore_callbacks(learner, states: dict[str, Any], file: Path) -> None:
         else:
             warnings.warn(f"{file} holds no state for {name}; it keeps its current state",
                           stacklevel=3)
-    unused = [name for name in states if name not in stateful]
+    unused = [name for name, state in states.items() if name not in stateful and state]
     if unused:
         warnings.warn(f"{file} holds state for {', '.join(unused)}, which this learner does "
                       "not have; that state is not restored", stacklevel=3)

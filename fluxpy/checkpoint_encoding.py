@@ -88,11 +88,8 @@ def _qualified(cls: type) -> str:
 
 
 def _find_class(name: str) -> type:
-    """An attrs class by qualified name: a `Phase` subclass (even one defined in a function),
-    or a class reachable from a module that is already imported. Nothing is imported."""
-    for cls in _subclasses(Phase):
-        if _qualified(cls) == name:
-            return cls
+    """An attrs class by qualified name: one reachable from a module that is already imported,
+    else a `Phase` subclass (one defined in a function too). Nothing is imported."""
     module_name, _, qualname = name.rpartition(".")
     while module_name:
         module = sys.modules.get(module_name)
@@ -105,6 +102,11 @@ def _find_class(name: str) -> type:
             break
         module_name, _, outer = module_name.rpartition(".")
         qualname = f"{outer}.{qualname}"
+    # The last match: attrs replaces a slotted class by a new one, and the old one lingers
+    # among the subclasses until it is garbage-collected.
+    matches = [cls for cls in _subclasses(Phase) if _qualified(cls) == name]
+    if matches:
+        return matches[-1]
     raise TypeError(f"it holds a {name}, an attrs class this process does not define; import "
                     "the module that defines it before loading.")
 

@@ -1,0 +1,345 @@
+"""Checkpoint files: what they hold, exact resume, and clear errors for bad files."""
+
+import random
+
+import attrs
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import fluxpy as fp
+from fluxpy.checkpoint_encoding import decode, encode
+from fluxpy.testing import test_learner
+
+# -- a learner whose training draws on every random source ------------------------------------
+
+
+@attrs.define
+class NoisyTargets(fp.Callback):
+    """Adds noise from torch's, numpy's and python's global RNGs to the training targets; the
+    noise grows with `steps`, its state."""
+
+    steps: int = 0
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["steps"]
+
+
+@fp.stateaccess.dispatch
+def _noisy_access(cb: NoisyTargets):
+    return fp.Access(batch=fp.Access(ys=fp.Write()))
+
+
+@fp.on.dispatch
+def _noisy_step_begin(event: fp.StepBegin, phase: fp.TrainingPhase, cb: NoisyTargets, learner):
+    scale = 0.01 * (1 + cb.steps % 3) * (1 + random.random() + float(np.random.rand()))
+    learner.batch.ys = learner.batch.ys + scale * torch.randn_like(learner.batch.ys)
+    cb.steps += 1
+
+
+STEPS_PER_EPOCH = 6
+
+
+def resumable_learner(*callbacks: fp.Callback, seed: int = 0) -> fp.Learner:
+    """Dropout, a shuffled DataLoader, AdamW, a one-cycle Scheduler and NoisyTargets; every
+    global RNG seeded with `seed`."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Dropout(0.3),
+                                torch.nn.Linear(16, 1))
+    data = torch.Generator().manual_seed(123)
+    xs = torch.randn(48, 4, generator=data)
+    ys = xs.sum(1, keepdim=True)
+    train = DataLoader(TensorDataset(xs, ys), batch_size=8, shuffle=True)
+    valid = DataLoader(TensorDataset(xs[:16], ys[:16]), batch_size=8)
+    schedule = fp.Scheduler({fp.LearningRate: fp.one_cycle(4 * STEPS_PER_EPOCH, 0.05)})
+    return fp.Learner(model, torch.nn.functional.mse_loss, data=(train, valid),
+                      optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2),
+                      callbacks=[fp.Recorder(), fp.Metrics(), schedule, NoisyTargets(),
+                                 *callbacks],
+                      use_default_callbacks=False, device="cpu")
+
+
+def _histories(learner):
+    return {str(p): (h.epochs, h.steps, h.steps_epoch, len(h.epoch_times))
+            for p, h in learner.cbstate.history.items()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted():
+    """Four epochs in one go, without any checkpointing."""
+    learner = resumable_learner()
+    learner.fit(4)
+    return learner
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    """Two epochs with a Checkpointer, then a new learner loads the folder and trains two more."""
+    folder = tmp_path_factory.mktemp("resume")
+    resumable_learner(fp.Checkpointer(folder)).fit(2)
+    learner = resumable_learner(fp.Checkpointer(folder), seed=99)
+    random.random(), np.random.rand(), torch.rand(3)  # nothing drawn before loading matters
+    loaded = fp.load_checkpoint(learner, folder)
+    learner.fit(2)
+    return learner, loaded
+
+
+def test_resume_loads_the_latest_checkpoint_of_a_folder(resumed):
+    assert resumed[1].name == "epoch-0002.pt"
+
+
+def test_resumed_parameters_equal_the_uninterrupted_run_bit_for_bit(uninterrupted, resumed):
+    ours = dict(resumed[0].model.named_parameters())
+    for name, param in uninterrupted.model.named_parameters():
+        assert torch.equal(param, ours[name]), name
+
+
+def test_resumed_optimizer_state_equals_the_uninterrupted_run(uninterrupted, resumed):
+    theirs = uninterrupted.optimizer.state_dict()
+    ours = resumed[0].optimizer.state_dict()
+    assert theirs["param_groups"] == ours["param_groups"]  # the scheduled LR among them
+    for index, state in theirs["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, ours["state"][index][key]), (index, key)
+
+
+def test_resumed_history_metrics_and_callback_state_equal_the_uninterrupted_run(
+        uninterrupted, resumed):
+    learner = resumed[0]
+    assert _histories(learner) == _histories(uninterrupted)
+    assert _histories(learner)["TrainingPhase"] == (4, 4 * STEPS_PER_EPOCH, STEPS_PER_EPOCH, 4)
+    assert learner.cbstate.metricsepoch == uninterrupted.cbstate.metricsepoch
+    assert learner.get_callback(fp.Scheduler).step == 4 * STEPS_PER_EPOCH
+    assert learner.get_callback(NoisyTargets).steps == 4 * STEPS_PER_EPOCH
+    assert learner.optimizer.param_groups[0]["lr"] == uninterrupted.optimizer.param_groups[0]["lr"]
+
+
+def test_resume_without_restoring_the_rng_would_differ(uninterrupted, tmp_path):
+    """The control: the same resume with the random states left alone does not match."""
+    resumable_learner(fp.Checkpointer(tmp_path)).fit(2)
+    learner = resumable_learner(fp.Checkpointer(tmp_path / "control"), seed=99)
+    state = torch.get_rng_state()
+    fp.load_checkpoint(learner, tmp_path)
+    torch.set_rng_state(state)
+    learner.fit(2)
+    assert not torch.equal(learner.model[0].weight, uninterrupted.model[0].weight)
+
+
+# -- what a file holds ---------------------------------------------------------------------
+
+
+def test_a_checkpoint_holds_format_model_optimizer_callbacks_cbstate_and_rng(tmp_path):
+    learner = resumable_learner()
+    learner.fit(1)
+    path = fp.save_checkpoint(learner, tmp_path / "one.pt")
+    state = torch.load(path, weights_only=True)
+    assert sorted(state) == ["callbacks", "cbstate", "format", "model", "optimizer", "rng",
+                             "scaler", "version"]
+    assert (state["format"], state["version"]) == ("fluxpy.checkpoint", 1)
+    assert list(state["model"]) == ["0.weight", "0.bias", "3.weight", "3.bias"]
+    assert torch.equal(state["model"]["0.weight"], learner.model[0].weight)
+    assert state["optimizer"]["param_groups"] == learner.optimizer.state_dict()["param_groups"]
+    assert state["scaler"] is None
+    assert state["callbacks"] == {"Metrics": {}, "Scheduler": {"step": STEPS_PER_EPOCH},
+                                  "NoisyTargets": {"steps": STEPS_PER_EPOCH}}
+    assert sorted(state["cbstate"]) == ["history", "metricsepoch", "metricsstep"]
+    assert sorted(state["rng"]) == ["cuda", "numpy", "python", "torch"]
+    assert torch.equal(state["rng"]["torch"], torch.get_rng_state())
+
+
+def test_cbstate_keyed_by_phases_is_stored_as_tagged_plain_values(tmp_path):
+    learner = test_learner(fp.Recorder())
+    learner.fit(1)
+    state = torch.load(fp.save_checkpoint(learner, tmp_path / "c.pt"), weights_only=True)
+    key, history = state["cbstate"]["history"]["items"][0]
+    assert key == {"__fluxpy__": "attrs", "class": "fluxpy.phases.TrainingPhase", "fields": {}}
+    assert history["class"] == "fluxpy.callbacks.recorder.History"
+    assert (history["fields"]["epochs"], history["fields"]["steps"]) == (1, 16)
+
+
+@attrs.frozen
+class Point:
+    x: int
+    y: float
+
+
+def test_encoding_round_trips_phases_attrs_values_namespaces_arrays_and_containers():
+    @attrs.frozen
+    class LocalPhase(fp.AbstractTrainingPhase):
+        pass
+
+    value = {
+        fp.TrainingPhase(): [1, 2.5, None, "s", b"b", (True, 3)],
+        LocalPhase(): {"point": Point(1, 2.0), "set": {1, 2}},
+        "ns": fp.state.State(a=1),
+        "array": np.arange(3, dtype=np.int32),
+        "scalar": np.float32(1.5),
+        "__fluxpy__": "a user key that looks like the tag",
+    }
+    back = decode(encode(value, "x"))
+    assert back[fp.TrainingPhase()] == [1, 2.5, None, "s", b"b", (True, 3)]
+    assert back[LocalPhase()] == {"point": Point(1, 2.0), "set": {1, 2}}
+    assert vars(back["ns"]) == {"a": 1}
+    assert back["array"].dtype == np.int32 and back["array"].tolist() == [0, 1, 2]
+    assert back["scalar"] == 1.5
+    assert back["__fluxpy__"] == "a user key that looks like the tag"
+
+
+def test_a_value_a_checkpoint_cannot_hold_is_an_error_naming_its_path(tmp_path):
+    learner = test_learner(fp.Recorder())
+    learner.cbstate.handle = open(__file__)  # noqa: SIM115
+    try:
+        with pytest.raises(TypeError, match=r"learner\.cbstate\.handle is a TextIOWrapper"):
+            fp.save_checkpoint(learner, tmp_path / "c.pt")
+    finally:
+        learner.cbstate.handle.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_restores_the_python_numpy_and_torch_random_states(tmp_path):
+    learner = test_learner()
+    path = fp.save_checkpoint(learner, tmp_path / "c.pt")
+    expected = (random.random(), float(np.random.rand()), torch.rand(2))
+    fp.load_checkpoint(learner, path)
+    assert random.random() == expected[0]
+    assert float(np.random.rand()) == expected[1]
+    assert torch.equal(torch.rand(2), expected[2])
+
+
+def test_a_checkpoint_of_a_wrapped_model_loads_into_the_plain_model(tmp_path):
+    learner = test_learner()
+    learner.fit(1)
+    wrapped = test_learner(seed=1)
+    wrapped.model = torch.nn.DataParallel(wrapped.model)  # on the CPU: the module, wrapped
+    wrapped.model.module.load_state_dict(learner.model.state_dict())
+    path = fp.save_checkpoint(wrapped, tmp_path / "c.pt")
+    assert list(torch.load(path, weights_only=True)["model"]) == ["coeff"]
+    plain = test_learner(seed=2)
+    fp.load_checkpoint(plain, path)
+    assert torch.equal(plain.model.coeff, learner.model.coeff)
+
+
+def test_state_for_a_callback_the_learner_lacks_is_a_warning(tmp_path):
+    path = fp.save_checkpoint(resumable_learner(fp.EarlyStopping(3)), tmp_path / "c.pt")
+    with pytest.warns(UserWarning, match="state for EarlyStopping, which this learner does not"):
+        fp.load_checkpoint(resumable_learner(), path)
+
+
+def test_a_callback_without_state_in_the_checkpoint_keeps_its_own_with_a_warning(tmp_path):
+    path = fp.save_checkpoint(resumable_learner(), tmp_path / "c.pt")
+    learner = resumable_learner(fp.EarlyStopping(3))
+    learner.get_callback(fp.EarlyStopping).wait = 2
+    with pytest.warns(UserWarning, match="holds no state for EarlyStopping; it keeps its current"):
+        fp.load_checkpoint(learner, path)
+    assert learner.get_callback(fp.EarlyStopping).wait == 2
+
+
+# -- bad files are clear errors, and leave the learner as it was --------------------------
+
+
+@pytest.fixture
+def saved(tmp_path):
+    learner = test_learner()
+    learner.fit(1)
+    return fp.save_checkpoint(learner, tmp_path / "good.pt")
+
+
+def _load_fails(path, match):
+    learner = test_learner(seed=5)
+    before = learner.model.coeff.detach().clone()
+    with pytest.raises(fp.CheckpointError, match=match) as info:
+        fp.load_checkpoint(learner, path)
+    assert info.value.path == str(path)
+    assert str(path) in str(info.value)
+    assert torch.equal(learner.model.coeff, before)
+
+
+def test_a_missing_file_is_an_error(tmp_path):
+    _load_fails(tmp_path / "nope.pt", "does not exist")
+
+
+def test_an_empty_folder_is_an_error(tmp_path):
+    (tmp_path / ".epoch-0001.pt.abc.tmp").write_bytes(b"partial")
+    _load_fails(tmp_path, r"holds no checkpoint \(no epoch-NNNN.pt file\)")
+
+
+def test_a_truncated_file_is_an_error(saved):
+    data = saved.read_bytes()
+    saved.write_bytes(data[: len(data) // 2])
+    _load_fails(saved, "is truncated or damaged: torch.load failed")
+
+
+def test_an_empty_file_is_an_error(tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    _load_fails(tmp_path / "empty.pt", r"is empty \(0 bytes\)")
+
+
+def test_random_bytes_are_not_a_checkpoint(tmp_path):
+    path = tmp_path / "noise.pt"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    _load_fails(path, "is not a checkpoint: it is not a file torch.save wrote")
+
+
+def test_a_torch_file_without_the_format_marker_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(test_learner().model.state_dict(), path)
+    _load_fails(path, r"not a fluxpy checkpoint: it holds a dict with keys \['coeff'\] without "
+                      "the format marker")
+
+
+def test_a_torch_file_with_pickled_objects_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "pickled.pt"
+    torch.save({"format": "fluxpy.checkpoint", "point": Point(1, 2.0)}, path)
+    _load_fails(path, "holds pickled Python objects")
+
+
+def test_a_checkpoint_from_a_newer_format_is_an_error(saved):
+    state = torch.load(saved, weights_only=True)
+    state["version"] = 2
+    torch.save(state, saved)
+    _load_fails(saved, r"newer fluxpy \(checkpoint format version 2; this fluxpy reads up to 1\)")
+
+
+def test_a_checkpoint_missing_an_entry_is_damaged(saved):
+    state = torch.load(saved, weights_only=True)
+    del state["rng"]
+    torch.save(state, saved)
+    _load_fails(saved, "is damaged: its 'rng' entry is missing")
+
+
+def test_a_checkpoint_of_another_model_names_the_parameter_and_both_shapes(tmp_path):
+    other = test_learner()
+    other.model.coeff = torch.nn.Parameter(torch.ones(2))
+    other.optimizer = torch.optim.SGD(other.model.parameters(), lr=0.1)
+    path = fp.save_checkpoint(other, tmp_path / "other.pt")
+    _load_fails(path, r"another model: parameter 'coeff' has shape \(2,\) in the checkpoint "
+                      r"and \(1,\) in this learner's model")
+
+
+def test_a_checkpoint_of_a_model_with_other_parameters_lists_them(tmp_path):
+    learner = resumable_learner()
+    path = fp.save_checkpoint(learner, tmp_path / "mlp.pt")
+    _load_fails(path, r"this model has 'coeff' which the checkpoint lacks; the checkpoint has "
+                      r"'0.weight', '0.bias', '3.weight' and 1 more")
+
+
+def test_a_checkpoint_of_another_optimizer_layout_is_an_error(tmp_path, saved):
+    learner = test_learner()
+    learner.optimizer = torch.optim.SGD([{"params": [learner.model.coeff]}, {"params": []}])
+    with pytest.raises(fp.CheckpointError, match="optimizer with 1 parameter groups; this "
+                                                 "learner's SGD has 2"):
+        fp.load_checkpoint(learner, saved)
+
+
+def test_a_class_this_process_does_not_define_is_an_error(saved):
+    state = torch.load(saved, weights_only=True)
+    state["cbstate"]["thing"] = {"__fluxpy__": "attrs", "class": "nowhere.Thing", "fields": {}}
+    torch.save(state, saved)
+    _load_fails(saved, "cannot restore cbstate.thing: it holds a nowhere.Thing, an attrs class "
+                       "this process does not define")
