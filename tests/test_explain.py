@@ -1,0 +1,214 @@
+"""`explain(learner)`: a dry run listing callbacks, handlers per phase and event, and why."""
+
+import attrs
+import pytest
+import torch
+
+import fluxpy as fp
+from fluxpy.testing import test_learner
+
+
+@attrs.frozen
+class Probe(fp.Event):
+    """A user event; `explain` lists it for the callbacks that handle it."""
+
+
+class Writer(fp.Callback):
+    pass
+
+
+class Reader(fp.Callback):
+    pass
+
+
+class Clip(fp.Callback):
+    pass
+
+
+class Debug(fp.UnsafeCallback):
+    pass
+
+
+class LossLogger(fp.Callback):
+    pass
+
+
+@attrs.define
+class Bundle(fp.Callback):
+    """A group: carries a `Clip`."""
+
+    callbacks: list = attrs.Factory(lambda: [Clip()])
+
+
+@fp.stateaccess.dispatch
+def _writer_access(cb: Writer):
+    return fp.Access(cbstate=fp.Access(x=fp.Write()))
+
+
+@fp.stateaccess.dispatch
+def _reader_access(cb: Reader):
+    return fp.Access(cbstate=fp.Access(x=fp.Read()), batch=fp.Access(loss=fp.Read()))
+
+
+@fp.stateaccess.dispatch
+def _clip_access(cb: Clip):
+    return fp.Access(model=fp.Write())
+
+
+@fp.stateaccess.dispatch
+def _loss_logger_access(cb: LossLogger):
+    return fp.Access(cbstate=fp.Access(metricsstep=fp.Read(), history=fp.Read()))
+
+
+CALLS = []
+
+
+@fp.on.dispatch
+def _writer_epoch_end(event: fp.EpochEnd, phase: fp.Phase, cb: Writer, learner):
+    CALLS.append("Writer")
+
+
+@fp.on.dispatch
+def _reader_step_end(event: fp.StepEnd, phase: fp.AbstractTrainingPhase, cb: Reader, learner):
+    CALLS.append("Reader")
+
+
+@fp.on.dispatch
+def _reader_epoch_end(event: fp.EpochEnd, phase: fp.Phase, cb: Reader, learner):
+    CALLS.append("Reader")
+
+
+@fp.on.dispatch
+def _clip_backward_end(event: fp.BackwardEnd, phase: fp.Phase, cb: Clip, learner):
+    CALLS.append("Clip")
+
+
+@fp.on.dispatch
+def _debug_fit_begin(event: fp.FitBegin, phase: fp.Phase, cb: Debug, learner):
+    CALLS.append("Debug")
+
+
+@fp.on.dispatch
+def _debug_probe(event: Probe, phase: fp.Phase, cb: Debug, learner):
+    CALLS.append("Debug")
+
+
+@fp.on.dispatch
+def _loss_logger_step_end(event: fp.StepEnd, phase: fp.TrainingPhase, cb: LossLogger, learner):
+    CALLS.append("LossLogger")
+
+
+@pytest.fixture(autouse=True)
+def _no_calls():
+    CALLS.clear()
+    yield
+
+
+def test_explain_lists_callbacks_handlers_and_reasons():
+    learner = test_learner(Reader(), Debug(), Bundle(), Writer())
+    assert fp.explain(learner) == "\n".join([
+        "Callbacks in run order (what each reads and writes):",
+        "  Debug   UNSAFE: gets the raw learner, nothing is checked",
+        "  Bundle  no state access",
+        "  Clip    writes model; from group Bundle",
+        "  Writer  writes cbstate.x",
+        "  Reader  reads batch.loss, cbstate.x",
+        "",
+        "Handlers per phase and event, in run order:",
+        "  Phase",
+        "    FitBegin       Debug",
+        "    FitEnd         (none)",
+        "  TrainingPhase",
+        "    EpochBegin     (none)",
+        "    StepBegin      (none)",
+        "    LossBegin      (none)",
+        "    BackwardBegin  (none)",
+        "    BackwardEnd    Clip",
+        "    StepEnd        Reader",
+        "    EpochEnd       Writer -> Reader",
+        "    Probe          Debug",
+        "  ValidationPhase",
+        "    EpochBegin     (none)",
+        "    StepBegin      (none)",
+        "    LossBegin      (none)",
+        "    StepEnd        (none)",
+        "    EpochEnd       Writer -> Reader",
+        "    Probe          Debug",
+        "",
+        "Why this order:",
+        "  Writer before Reader: Writer writes cbstate.x, which Reader reads",
+    ])
+
+
+def _realistic():
+    """The default callbacks plus a custom one that reads what Metrics and Recorder write."""
+    return test_learner(LossLogger(), Clip(), use_default_callbacks=True)
+
+
+def _lines(text):
+    """The lines with runs of spaces collapsed, so alignment does not matter."""
+    return [" ".join(line.split()) for line in text.splitlines()]
+
+
+def test_explain_places_a_custom_callback_after_the_defaults_it_reads():
+    lines = _lines(fp.explain(_realistic()))
+    training = lines[lines.index("TrainingPhase"):lines.index("ValidationPhase")]
+    step_end = next(line for line in training if line.startswith("StepEnd"))
+    order = step_end.split(None, 1)[1].split(" -> ")
+    assert order.index("Recorder") < order.index("LossLogger")
+    assert order.index("Metrics") < order.index("LossLogger")
+    assert "BackwardEnd Clip" in training
+
+
+def test_explain_lists_each_callbacks_reads_and_writes():
+    lines = _lines(fp.explain(_realistic()))
+    assert "LossLogger reads cbstate.history, cbstate.metricsstep" in lines
+    assert "Clip writes model" in lines
+    assert "Recorder writes cbstate.history" in lines
+    assert "MetricsPrinter reads cbstate.metricsepoch" in lines
+
+
+def test_explain_gives_the_reason_for_each_edge():
+    lines = _lines(fp.explain(_realistic()))
+    assert ("Recorder before LossLogger: Recorder writes cbstate.history, which LossLogger "
+            "reads") in lines
+    assert ("Metrics before LossLogger: Metrics writes cbstate.metricsstep, which LossLogger "
+            "reads") in lines
+    assert ("Metrics before MetricsPrinter: Metrics writes cbstate.metricsepoch, which "
+            "MetricsPrinter reads") in lines
+
+
+def test_explain_runs_no_training():
+    learner = _realistic()
+    coeff = learner.model.coeff.detach().clone()
+    fp.explain(learner)
+    assert torch.equal(learner.model.coeff, coeff)
+    assert learner.cbstate.history == {}
+    assert learner.optimizer.state_dict()["state"] == {}
+    assert CALLS == []
+
+
+def test_explain_without_constraints_says_so():
+    learner = test_learner(Clip())
+    assert fp.explain(learner).splitlines()[-1] == (
+        "No ordering constraints: callbacks run in the order given."
+    )
+
+
+def test_explain_shows_the_phases_asked_for():
+    @attrs.frozen
+    class GANPhase(fp.AbstractTrainingPhase):
+        pass
+
+    text = fp.explain(test_learner(Clip()), phases=[GANPhase()])
+    assert "  GANPhase" in text.splitlines()
+    assert "TrainingPhase" not in text
+    assert "    BackwardEnd    Clip" in text.splitlines()
+
+
+def test_explain_draws_its_graph():
+    learner = test_learner(Reader(), Writer())
+    explanation = fp.explain(learner)
+    assert explanation.to_mermaid() == learner.graph.to_mermaid()
+    assert explanation.to_dot() == learner.graph.to_dot()
+    assert '    c1 -- "cbstate.x" --> c0' in explanation.to_mermaid().splitlines()
