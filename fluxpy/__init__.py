@@ -37,6 +37,7 @@ from .callbacks import (
     throttle,
 )
 from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import RankZeroOnly, init_distributed, is_rank_zero, rank_zero_only
 from .errors import (
     AmbiguousHandlerError,
     BadBatchError,
@@ -135,6 +136,7 @@ __all__ = [
     "Phase",
     "ProgressPrinter",
     "ProtectedError",
+    "RankZeroOnly",
     "Read",
     "Recorder",
     "RunFirst",
@@ -160,12 +162,15 @@ __all__ = [
     "epoch",
     "explain",
     "fit_one_cycle",
+    "init_distributed",
+    "is_rank_zero",
     "linear",
     "load_checkpoint",
     "lr_find",
     "on",
     "one_cycle",
     "plot_history",
+    "rank_zero_only",
     "resolveconflict",
     "run_epoch",
     "run_step",

@@ -22,6 +22,7 @@ __all__ = [
     "CycleError",
     "MissingStateError",
     "ProtectedError",
+    "SanityCheckError",
     "UnresolvableConflictError",
     "WriteConflictError",
 ]
@@ -166,6 +167,20 @@ class BadBatchError(TypeError):
 
 class BadLossError(TypeError):
     """The loss function returned something that is not a scalar tensor."""
+
+
+class SanityCheckError(ValueError):
+    """`SanityCheck` found problems with the data, the model or the loss; `problems` lists
+    each with its fix."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = tuple(problems)
+        lines = [f"SanityCheck found {len(self.problems)} problem(s) before the first step:"]
+        lines += [f"  {i}. {p}" for i, p in enumerate(self.problems, 1)]
+        super().__init__("\n".join(lines))
+
+    def __reduce__(self):
+        return (type(self), (self.problems,))
 
 
 class CheckpointError(ValueError):

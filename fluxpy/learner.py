@@ -328,6 +328,8 @@ def _flatten(roots: Iterable[Callback]) -> tuple[list[Callback], dict[int, Callb
         if not isinstance(cb, Callback):
             raise CallbackDeclarationError(
                 f"{cb!r} is not a callback: callbacks are instances of fp.Callback subclasses"
+                + (f"; pass {cb.__name__}() instead"
+                   if isinstance(cb, type) and issubclass(cb, Callback) else "")
                 + (f" (found in {type(group).__name__})" if group is not None else "")
             )
         if id(cb) in seen:

@@ -157,8 +157,14 @@ def run_step(learner, phase: Phase, **state: Any) -> Iterator[Batch]:
 def update_parameters(learner) -> None:
     """The optimizer update of the built-in training step (through the gradient scaler if any).
 
-    Handlers at `BackwardEnd` skip it by setting `learner.batch.update = False` (gradient
-    accumulation does); a `MixedPrecision` callback installs `learner.scaler`.
+    The update hook: the training step sets `learner.batch.update = True` when it starts and
+    calls this after `BackwardEnd` only if `batch.update` is still true, so a handler skips the
+    update by setting it false (`GradientAccumulation` does, except every n-th step, and
+    updates pending gradients at `EpochEnd` by calling this itself); handlers at `BackwardEnd`
+    read it to act only on gradients about to be used (`GradientClipping`, unscaling in
+    `MixedPrecision`). With `learner.scaler` (a `torch.amp.GradScaler`, which `MixedPrecision`
+    installs for float16) it is `scaler.step(optimizer); scaler.update()`, which skips the step
+    on inf/NaN gradients. The gradients are always zeroed afterwards (`set_to_none=True`).
     """
     optimizer = learner.optimizer
     scaler = learner.scaler

@@ -6,12 +6,13 @@
 
 The sweep is a short `fit` of one training phase over the training batches (cycled if there
 are fewer than `n_steps`), so it runs the learner's own step and loss, and a custom phase's
-step when one is given. It runs the callbacks that change the computation: those that write
-learner state outside `cbstate` (`ToDevice`, mixed precision, gradient clipping, MixUp, a
-user's loss changes). Observers sit it out (callbacks that only read, or only write
-`cbstate`: `Recorder`, `Metrics`, printers, loggers, `EarlyStopping`, `ActivationStats`), and
-so do `Scheduler`s, since the sweep sets the learning rate itself; so nothing is recorded in
-the learner's history or metrics.
+step when one is given. The learning rate follows `fp.schedules.exponential` through a
+`Scheduler` of its own, and an `LRSweep` callback reads the loss at each `StepEnd`. Of the
+learner's callbacks it runs those that change the computation: the ones that write learner
+state outside `cbstate` (`ToDevice`, mixed precision, gradient clipping, MixUp, a user's loss
+changes). Observers sit it out (callbacks that only read, or only write `cbstate`:
+`Recorder`, `Metrics`, printers, loggers, checkpoints, `EarlyStopping`, `ActivationStats`),
+and so do the learner's `Scheduler`s; so nothing is recorded in its history or metrics.
 
 Afterwards everything is put back exactly: the model's parameters, buffers and gradients, the
 optimizer (state and `param_groups`), the gradient scaler, the callbacks (and the state of
@@ -36,14 +37,14 @@ import attrs
 import numpy as np
 import torch
 
-from .access import Access, Read, Write
-from .callback import Callback, RunFirst, on, resolveconflict, stateaccess
-from .callbacks.conditional import ConditionalCallback
+from .access import Access, Read
+from .callback import Callback, on, stateaccess
 from .callbacks.scheduler import LearningRate, Scheduler
 from .errors import CallbackGraphError, CancelFitException
-from .events import StepBegin, StepEnd
+from .events import StepEnd
 from .phases import Phase, TrainingPhase
 from .plots import new_figure, save_figure
+from .schedules import Exponential
 
 __all__ = ["LRFindResult", "lr_find"]
 
@@ -65,12 +66,17 @@ class LRFindResult:
     @property
     def suggestion(self) -> float | None:
         """The learning rate at the steepest descent of the smoothed loss: where the gradient
-        of `losses` against `log10(lrs)` (`numpy.gradient`) is most negative. `None` with
-        fewer than two points."""
-        if len(self.losses) < 2:
+        of `losses` against `log10(lrs)` (`numpy.gradient`) is most negative, looked for
+        between the first tenth of the points (where the average still holds few steps, as
+        fastai skips them too) and the lowest loss (what follows is the climb to divergence).
+        `None` when there is no descent to measure (fewer than two points up to the lowest)."""
+        losses, lrs = np.asarray(self.losses), np.asarray(self.lrs)
+        end = int(np.argmin(losses)) + 1 if len(losses) else 0
+        start = len(losses) // 10 if end - len(losses) // 10 >= 2 else 0
+        if end - start < 2:
             return None
-        slopes = np.gradient(np.asarray(self.losses), np.log10(np.asarray(self.lrs)))
-        return self.lrs[int(np.argmin(slopes))]
+        slopes = np.gradient(losses[start:end], np.log10(lrs[start:end]))
+        return self.lrs[start + int(np.argmin(slopes))]
 
     def plot(self, path: str | os.PathLike | None = None) -> Any:
         """The smoothed loss against the learning rate (log scale) with the suggestion
@@ -92,13 +98,13 @@ class LRFindResult:
 
 @attrs.define
 class LRSweep(Callback):
-    """The callback `lr_find` adds for the sweep: sets each step's learning rate at
-    `StepBegin`, reads and smooths the loss at `StepEnd`, stops when it diverges."""
+    """The callback `lr_find` adds beside a `Scheduler` of the learning rate: reads and
+    smooths each step's loss at `StepEnd`, and stops the sweep when it diverges."""
 
-    lrs: tuple[float, ...]
+    schedule: Exponential
     smoothing: float
     diverge: float
-    tried: list[float] = attrs.Factory(list)
+    lrs: list[float] = attrs.Factory(list)
     losses: list[float] = attrs.Factory(list)
     _mean: float = 0.0
     _best: float = math.inf
@@ -106,35 +112,19 @@ class LRSweep(Callback):
 
 @stateaccess.dispatch
 def _sweep_access(cb: LRSweep):
-    return Access(optimizer=Write(), batch=Access(loss=Read()))
-
-
-@resolveconflict.dispatch
-def _sweep_sets_lr_last(sweep: LRSweep, other: Callback):
-    """Other writers of the optimizer (e.g. `ToDevice`) go first: the sweep's LR stands."""
-    return RunFirst(other)
-
-
-@resolveconflict.dispatch
-def _sweep_sets_lr_last_conditional(sweep: LRSweep, other: ConditionalCallback):
-    return RunFirst(other)
-
-
-@on.dispatch
-def _sweep_step_begin(event: StepBegin, phase: Phase, cb: LRSweep, learner):
-    LearningRate.set(learner, cb.lrs[len(cb.tried)])
+    return Access(batch=Access(loss=Read()))
 
 
 @on.dispatch
 def _sweep_step_end(event: StepEnd, phase: Phase, cb: LRSweep, learner):
     loss = learner.batch.loss
     value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
-    lr = cb.lrs[len(cb.tried)]
+    lr = cb.schedule(len(cb.lrs))
     cb._mean = cb.smoothing * cb._mean + (1 - cb.smoothing) * value
-    smoothed = cb._mean / (1 - cb.smoothing ** (len(cb.tried) + 1))
+    smoothed = cb._mean / (1 - cb.smoothing ** (len(cb.lrs) + 1))
     if not math.isfinite(smoothed):
         raise CancelFitException(f"lr_find: the loss became {value} at lr {lr:.3g}")
-    cb.tried.append(lr)
+    cb.lrs.append(lr)
     cb.losses.append(smoothed)
     if smoothed > cb.diverge * cb._best:
         raise CancelFitException(
@@ -199,19 +189,19 @@ def lr_find(learner: Any, start: float = 1e-7, end: float = 10.0, n_steps: int =
                              "valid), or pass data= to lr_find")
         data = learner.data.training
     phase = TrainingPhase() if phase is None else phase
-    ratio = end / start
-    lrs = tuple(start * ratio ** (i / (n_steps - 1)) for i in range(n_steps))
-    sweep = LRSweep(lrs, smoothing, diverge)
+    schedule = Exponential(n_steps - 1, start, end)
+    sweep = LRSweep(schedule, smoothing, diverge)
     taking_part = [cb for cb in learner.callbacks if _takes_part(cb)]
     with _restoring(learner, taking_part):
         try:
-            learner._set_callbacks([*_select(learner._roots, taking_part), sweep])
+            learner._set_callbacks([*_select(learner._roots, taking_part),
+                                    Scheduler({LearningRate: schedule}), sweep])
         except CallbackGraphError as exc:
             exc.add_note("lr_find runs only the callbacks that write learner state outside "
                          f"cbstate: {', '.join(type(c).__name__ for c in taking_part)}")
             raise
         result = learner.fit(1, phases=[(phase, _Cycle(data, n_steps))])
-    return LRFindResult(tuple(sweep.tried), tuple(sweep.losses), result.stop_reason)
+    return LRFindResult(tuple(sweep.lrs), tuple(sweep.losses), result.stop_reason)
 
 
 def _takes_part(cb: Callback) -> bool:

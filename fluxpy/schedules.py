@@ -25,12 +25,14 @@ import attrs
 __all__ = [
     "Concat",
     "Cosine",
+    "Exponential",
     "Linear",
     "OneCycle",
     "Schedule",
     "Warmup",
     "concat",
     "cosine",
+    "exponential",
     "linear",
     "one_cycle",
     "warmup",
@@ -85,6 +87,24 @@ class Cosine:
 
     def __call__(self, step: int) -> float:
         return _cosine(self.start, self.end, _progress(step, self.n_steps))
+
+
+@attrs.frozen
+class Exponential:
+    """From `start` at step 0 to `end` at step `n_steps` by a constant factor per step (a
+    straight line on a log scale); both must be > 0."""
+
+    n_steps: int = attrs.field(validator=_positive_int)
+    start: float = attrs.field(converter=float)
+    end: float = attrs.field(converter=float)
+
+    def __attrs_post_init__(self) -> None:
+        if self.start <= 0 or self.end <= 0:
+            raise ValueError(f"exponential(start={self.start}, end={self.end}): both must be "
+                             "> 0")
+
+    def __call__(self, step: int) -> float:
+        return self.start * (self.end / self.start) ** _progress(step, self.n_steps)
 
 
 @attrs.frozen
@@ -176,6 +196,15 @@ def cosine(n_steps: int, start: float, end: float) -> Cosine:
     Cosine annealing from `start` (step 0) to `end` (step `n_steps`), held after that.
     """
     return Cosine(n_steps, start, end)
+
+
+def exponential(n_steps: int, start: float, end: float) -> Exponential:
+    """exponential(n_steps, start, end)
+
+    From `start` (step 0) to `end` (step `n_steps`) multiplying by the same factor each
+    step, held after that; the learning rate sweep of `fp.lr_find`.
+    """
+    return Exponential(n_steps, start, end)
 
 
 def one_cycle(n_steps: int, max_value: float, pct_start: float = 0.25, div: float = 25.0,

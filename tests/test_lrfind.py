@@ -100,15 +100,24 @@ def test_the_sweep_runs_callbacks_that_change_the_loss():
     assert doubled.losses[0] == pytest.approx(2 * plain.losses[0])
 
 
-def test_suggestion_is_the_lr_of_steepest_descent_within_the_range():
+def test_suggestion_is_the_steepest_descent_between_the_first_tenth_and_the_lowest_loss():
     result = fp.lr_find(test_learner())
-    slopes = np.gradient(np.array(result.losses), np.log10(np.array(result.lrs)))
-    assert result.suggestion == result.lrs[int(np.argmin(slopes))]
-    assert result.lrs[0] <= result.suggestion <= result.lrs[-1]
+    losses, lrs = np.array(result.losses), np.array(result.lrs)
+    start, end = len(losses) // 10, int(np.argmin(losses)) + 1
+    slopes = np.gradient(losses[start:end], np.log10(lrs[start:end]))
+    assert result.suggestion == result.lrs[start + int(np.argmin(slopes))]
+    assert result.lrs[start] <= result.suggestion <= result.lrs[end - 1]
 
 
-def test_suggestion_is_none_with_fewer_than_two_points():
+def test_suggestion_of_a_hand_made_curve_is_where_it_falls_fastest():
+    lrs = tuple(10.0 ** k for k in range(-6, 1))
+    result = fp.LRFindResult(lrs, (5.0, 4.9, 4.5, 2.0, 1.5, 1.4, 9.0))
+    assert result.suggestion == 1e-3
+
+
+def test_suggestion_is_none_when_the_loss_never_falls():
     assert fp.LRFindResult((1e-3,), (0.5,)).suggestion is None
+    assert fp.LRFindResult((1e-3, 1e-2, 1e-1), (0.5, 0.7, 0.9)).suggestion is None
 
 
 def test_plot_renders_a_png(tmp_path):

@@ -5,11 +5,15 @@ from .checkpointer import Checkpointer
 from .conditional import ConditionalCallback, Throttle, throttle
 from .custom import CustomCallback
 from .earlystopping import EarlyStopping
+from .gradients import GradientAccumulation, GradientClipping
 from .metrics import Metric, Metrics
+from .mixup import MixUp
 from .nan import StopOnNaNLoss
+from .precision import MixedPrecision
 from .printer import MetricsPrinter
 from .progress import ProgressPrinter
 from .recorder import History, Recorder
+from .sanity import SanityCheck
 from .scheduler import (
     HyperParameter,
     LearningRate,
@@ -26,15 +30,20 @@ __all__ = [
     "ConditionalCallback",
     "CustomCallback",
     "EarlyStopping",
+    "GradientAccumulation",
+    "GradientClipping",
     "History",
     "HyperParameter",
     "LearningRate",
     "Metric",
     "Metrics",
     "MetricsPrinter",
+    "MixUp",
+    "MixedPrecision",
     "Momentum",
     "ProgressPrinter",
     "Recorder",
+    "SanityCheck",
     "Scheduler",
     "StopOnNaNLoss",
     "Throttle",

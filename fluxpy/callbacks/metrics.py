@@ -6,6 +6,11 @@ size, so a short last batch counts for what it holds.
 
 - `learner.cbstate.metricsstep[phase][name]`: the latest step's value (a tensor).
 - `learner.cbstate.metricsepoch[phase][name]`: one float per completed epoch.
+
+Under distributed training the sums and counts of the means are all-reduced at epoch end (one
+collective per phase and epoch), so every rank records the metrics of the whole data, e.g. the
+validation loss of the full validation set; per-step values stay local. Stateful metrics
+synchronise themselves (torchmetrics does in `compute()`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch
 
 from ..access import Access, Read, Write
 from ..callback import Callback, on, stateaccess
+from ..distributed import all_reduce_sum, is_distributed
 from ..events import EpochBegin, EpochEnd, FitBegin, StepEnd
 from ..graph import STATE_PRODUCERS
 from ..phases import Phase
@@ -203,7 +209,11 @@ def _metrics_step_end(event: StepEnd, phase: Phase, cb: Metrics, learner):
 @on.dispatch
 def _metrics_epoch_end(event: EpochEnd, phase: Phase, cb: Metrics, learner):
     means = cb._means.pop(phase, None)
-    if means is None or means["loss"].count + len(means["loss"].values) == 0:
+    if means is None:
+        return
+    if is_distributed():  # before the check below: every rank must take part
+        _reduce_across_ranks(means, learner.device)
+    if means["loss"].count + len(means["loss"].values) == 0:
         return  # an epoch without a completed step has no mean to record
     results: dict[str, Any] = {name: mean.result() for name, mean in means.items()}
     for m in cb._active[phase]:
@@ -212,6 +222,20 @@ def _metrics_epoch_end(event: EpochEnd, phase: Phase, cb: Metrics, learner):
     epoch = learner.cbstate.metricsepoch.setdefault(phase, {})
     for name, value in _to_host(results).items():
         epoch.setdefault(name, []).append(value)
+
+
+def _reduce_across_ranks(means: dict[str, _WeightedMean], device: torch.device) -> None:
+    """Sum each mean's weighted total and count over all ranks, in one all-reduce."""
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    for mean in means.values():
+        mean._fold()
+    totals = [zero if m.partial is None else m.partial.to(device, torch.float64).reshape(())
+              for m in means.values()]
+    counts = torch.tensor([m.count for m in means.values()], dtype=torch.float64, device=device)
+    summed = all_reduce_sum(torch.cat([torch.stack(totals), counts]))
+    n = len(means)
+    for mean, total, count in zip(means.values(), summed[:n], summed[n:].tolist()):
+        mean.partial, mean.count = (total, int(count)) if count else (None, 0)
 
 
 def _to_host(results: dict[str, Any]) -> dict[str, float]:
