@@ -286,6 +286,9 @@ class Learner:
                         f"instance, got {item!r}"
                     )
                 plan.append((item[0], item[1]))
+            if not plan:
+                raise ValueError("fit(phases=[]) has no phases to run: pass (phase, data) pairs, "
+                                 "e.g. phases=[(fp.TrainingPhase(), train_data)].")
         for phase, data in plan:
             if hasattr(data, "__len__") and len(data) == 0:
                 raise ValueError(
@@ -373,6 +376,11 @@ def _resolve_device(device: Any) -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"device={device!r}: there are only {torch.cuda.device_count()} "
                              "CUDA devices.")
+    else:  # mps, xpu, ...: the backends torch knows say whether they are there
+        available = getattr(getattr(torch, dev.type, None), "is_available", None)
+        if callable(available) and not available():
+            raise ValueError(f"device={device!r} asks for {dev.type}, which is not available "
+                             "here; use device='cpu' or leave device=None to pick automatically.")
     return dev
 
 

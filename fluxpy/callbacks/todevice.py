@@ -28,15 +28,22 @@ from ..phases import Phase
 __all__ = ["ToDevice", "to_device"]
 
 
+def _checked_device(device: Any) -> torch.device:
+    from ..learner import _resolve_device  # the check of Learner(device=...)
+
+    return _resolve_device(device)
+
+
 @attrs.define
 class ToDevice(Callback):
     """Moves the model (at `FitBegin`) and each batch's `xs` and `ys` (at `StepBegin`).
 
     Args:
-        device: anything `torch.device` accepts.
+        device: anything `torch.device` accepts; one that is not there (CUDA on a machine
+            without it) is an error now, not at the first step.
     """
 
-    device: torch.device = attrs.field(converter=torch.device)
+    device: torch.device = attrs.field(converter=_checked_device)
 
 
 def to_device(value: Any, device: torch.device) -> Any:
