@@ -27,6 +27,8 @@ import plum
 import torch
 
 from .callback import Callback, UnsafeCallback, on, resolveconflict, runafter, stateaccess
+from .ddp import DistributedTraining
+from .distributed import runs_on_this_rank
 from .errors import AmbiguousHandlerError, CallbackDeclarationError, CancelFitException
 from .events import (
     BackwardBegin,
@@ -85,6 +87,11 @@ class Learner:
         executor: runs the handlers of each event; `SerialExecutor()` by default.
         device: where to train; `None` picks CUDA when available, else the CPU. On a
             non-CPU device a `ToDevice` callback is added unless one was given.
+        distributed: DistributedDataParallel (see `fluxpy.ddp`): `None` turns it on under
+            `torchrun` with more than one process, `True` requires it, `False` leaves it to
+            you. Under DDP `device=None` means `cuda:LOCAL_RANK` (or the CPU), `learner.model`
+            is the DDP wrapper (`learner.model.module` the plain model) and `learner.ddp` is
+            set (else `None`).
     """
 
     def __init__(
@@ -98,6 +105,7 @@ class Learner:
         use_default_callbacks: bool = True,
         executor: Executor | None = None,
         device: Any = None,
+        distributed: bool | None = None,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -113,6 +121,7 @@ class Learner:
         self.device = _resolve_device(device)
         self.data: Data | None = as_data(data)
         self.optimizer = _make_optimizer(optimizer, model)
+        self.ddp = DistributedTraining.setup(self, distributed, device)
         self.executor: Executor = executor if executor is not None else SerialExecutor()
         self.batch = Batch()
         self.cbstate = State()
@@ -148,6 +157,9 @@ class Learner:
         if data is not None:
             self.data = as_data(data)
         plan = self._phase_plan(phases)
+        run_epoch = epoch if self.ddp is None else self.ddp.epoch
+        if self.ddp is not None:
+            plan = self.ddp.begin_fit(self, plan)
         self.epoch_phases = tuple(phase for phase, _ in plan)
         if self._stale:
             self._set_callbacks(self._roots, init=False)
@@ -156,7 +168,7 @@ class Learner:
             self.handle(_FIT_BEGIN, _FIT_PHASE)
             for _ in range(n_epochs):
                 for phase, phase_data in plan:
-                    epoch(self, phase, phase_data)
+                    run_epoch(self, phase, phase_data)
                 epochs += 1
         except CancelFitException as stop:
             reason = str(stop) or "CancelFitException"
@@ -236,7 +248,7 @@ class Learner:
         self._stale = False
         if init:
             for cb, v in zip(graph.callbacks, views):
-                if id(cb) not in old:
+                if id(cb) not in old and runs_on_this_rank(cb):
                     cb.init(v)
 
     def _plan(self, event: Event, phase: Phase) -> tuple[Handler, ...]:
@@ -246,7 +258,7 @@ class Learner:
         for i in graph.order:
             cb = graph.callbacks[i]
             method = _method(type(event), type(phase), cb)
-            if method is not None:
+            if method is not None and runs_on_this_rank(cb):
                 handlers.append(Handler(cb, graph.names[i], method, event, phase, self._views[i]))
                 index.append(i)
         for k, h in enumerate(handlers):

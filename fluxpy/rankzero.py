@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-import torch
+from .distributed import barrier, is_distributed, is_rank_zero
 
 __all__ = ["on_rank_zero"]
 
@@ -24,13 +24,12 @@ def on_rank_zero(fn: Callable[[], T]) -> T | None:
     complete), so no rank runs ahead of a file it may read. Rank 0 reaches the barrier also
     when `fn` raises, so the other ranks are not left waiting for it.
     """
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_distributed():
         return fn()
     result = None
     try:
-        if dist.get_rank() == 0:
+        if is_rank_zero():
             result = fn()
     finally:
-        dist.barrier()
+        barrier()
     return result

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from ..access import Access, Read
 from ..callback import Callback, on, stateaccess
+from ..distributed import RankZeroOnly
 from ..events import EpochBegin, EpochEnd, FitBegin, FitEnd
 from ..phases import Phase
 
@@ -20,8 +21,9 @@ _SHORT = {"TrainingPhase": "train", "ValidationPhase": "valid"}
 
 
 @attrs.define
-class MetricsPrinter(Callback):
-    """Prints, after every epoch, a row with each phase's epoch metrics.
+class MetricsPrinter(RankZeroOnly, Callback):
+    """Prints, after every epoch, a row with each phase's epoch metrics (on rank 0 only
+    under DDP; the metrics are those of all ranks).
 
         epoch │ train loss │ valid loss │ valid accuracy
         ──────┼────────────┼────────────┼───────────────

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ..access import Access, Read
 from ..callback import Callback, on, stateaccess
+from ..distributed import RankZeroOnly
 from ..events import EpochBegin, EpochEnd, FitEnd, StepEnd
 from ..phases import Phase
 
@@ -22,8 +23,8 @@ __all__ = ["ProgressPrinter"]
 
 
 @attrs.define
-class ProgressPrinter(Callback):
-    """Shows a progress bar per epoch of each phase.
+class ProgressPrinter(RankZeroOnly, Callback):
+    """Shows a progress bar per epoch of each phase (on rank 0 only under DDP).
 
     Args:
         enabled: `True` always, `False` never, `None` (default) only when the output is a

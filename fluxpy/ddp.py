@@ -1,0 +1,219 @@
+"""What a `Learner` does under DistributedDataParallel (DDP), launched by `torchrun`.
+
+The same script runs as `python train.py` and as `torchrun --nproc_per_node=N train.py` (also
+multi-node, with torchrun's usual flags). `fp.Learner(..., distributed=None)` turns DDP on
+under torchrun with `WORLD_SIZE > 1`, or when the user has initialised a process group with
+more than one rank; `distributed=True` requires it, `distributed=False` leaves DDP to the
+user. Then:
+
+- `fp.init_distributed()` joins the process group unless the user did (NCCL with CUDA, gloo on
+  the CPU) and binds the rank to `cuda:LOCAL_RANK`, the learner's device (else the CPU).
+- The model moves to the device and is wrapped in `DistributedDataParallel`: `learner.model`
+  is the wrapper (its forward and backward synchronise the gradients) and
+  `learner.model.module` the plain model. Checkpoints hold the plain model's state, so they
+  load in one process and under DDP alike. The optimizer is kept: DDP trains the same
+  parameter objects.
+- At each `fit` the data are sharded (`fluxpy.sharding`): DataLoaders are rebuilt with a
+  `DistributedSampler` for training and an unpadded sampler for validation, lists of batches
+  are split; the sharded data replace `learner.data`. Before each epoch the sampler's
+  `set_epoch` gets the number of epochs that phase has completed (from the `Recorder`, whose
+  history a checkpoint restores, so a resumed run shuffles as an uninterrupted one).
+- `Metrics` all-reduces its sums and counts at epoch end: `metricsepoch` holds the values of
+  the whole data on every rank (the validation loss is the loss of the full validation set).
+  Per-step values (`metricsstep`) stay local and sync-free. Stateful metrics such as
+  torchmetrics' synchronise themselves in `compute()`.
+- `fp.RankZeroOnly` callbacks (`ProgressPrinter`, `MetricsPrinter`, the logging backends) run
+  on rank 0 only; checkpoints are written by rank 0 while the other ranks wait in a barrier.
+- DDP all-reduces the gradients inside `backward()`, so `BackwardEnd` handlers (gradient
+  clipping) see the synchronised, averaged gradients. `GradientAccumulation` turns the
+  all-reduce off for the forward and backward of its intermediate steps (what
+  `model.no_sync()` does), so the update step all-reduces the accumulated gradients once.
+- `fp.explain` and the callback graph are the same as in one process.
+
+Stopping together. A rank that left `fit` alone would leave the others waiting forever in the
+next gradient all-reduce. So under DDP a `CancelFitException` raised by a handler (early
+stopping, `StopOnNaNLoss`, yours) does not end `fit` on its rank at once: it is recorded (the
+rest of that event's handlers are skipped, as usual) and the step goes on. Before every
+optimizer step, and before and after every epoch, the ranks all-reduce a stop flag; if any
+rank asked, every rank raises `CancelFitException` there with that rank's reason, and no rank
+applies the update. The cost is one small CPU collective per optimizer step (no host-device
+sync; tens of microseconds between processes on one node). The trade-off: a stop asked for
+up to `BackwardEnd` skips that step's update on every rank, but one asked for at `StepEnd`
+takes effect at the next optimizer step, one forward and backward later, and one asked for in
+validation at the end of the epoch. A NaN loss caught before backward (`StopOnNaNLoss`) thus
+stops every rank before any update. `EarlyStopping` decides on the all-reduced epoch metrics,
+so all ranks decide alike anyway.
+
+`CancelStepException` and `CancelEpochException` in training must be raised on all ranks
+alike (decide on all-reduced values), or one rank skips a gradient all-reduce the others wait
+in. Other errors end their rank, and torchrun then ends the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from .distributed import (
+    all_gather_object,
+    all_reduce_sum,
+    broadcast_int,
+    init_distributed,
+    is_distributed,
+    launched_by_torchrun,
+    rank,
+    world_size,
+)
+from .errors import CancelFitException
+from .executors import Executor
+from .loop import epoch
+from .phases import AbstractTrainingPhase, Phase
+from .sharding import shard
+from .state import Data
+
+__all__ = ["DistributedTraining"]
+
+
+class DistributedTraining:
+    """`learner.ddp` under DDP (`None` otherwise): the learner calls `setup` when it is built,
+    `begin_fit` at the start of `fit` and `epoch` for each epoch."""
+
+    def __init__(self) -> None:
+        self.stops = _StopRequests(None)
+        self._shards: dict[tuple[int, bool], tuple[Any, Any]] = {}
+        self._epochs: dict[Phase, int] = {}
+        self._seed: int | None = None
+        self._hooked: tuple[torch.optim.Optimizer, Any] | None = None
+
+    @classmethod
+    def setup(cls, learner: Any, distributed: bool | None,
+              device: Any) -> DistributedTraining | None:
+        """Join the process group and wrap `learner.model` when `distributed` says so (`None`:
+        under torchrun with more than one rank, or in an initialised group of more than one);
+        sets `learner.device`. `device` is what the user passed to the learner."""
+        if distributed is None:
+            distributed = (launched_by_torchrun() and world_size() > 1) or is_distributed()
+        if not distributed:
+            return None
+        if not (launched_by_torchrun() or torch.distributed.is_initialized()):
+            raise ValueError(
+                "Learner(distributed=True): this process was not started by torchrun "
+                "(WORLD_SIZE, RANK, LOCAL_RANK are unset) and no process group is initialised. "
+                "Launch with `torchrun --nproc_per_node=N script.py`, call "
+                "torch.distributed.init_process_group first, or pass distributed=None."
+            )
+        wanted = None if device is None else torch.device(device)
+        if wanted is None or (wanted.type == "cuda" and wanted.index is None):
+            learner.device = init_distributed(None if wanted is None else "nccl")
+        else:  # an explicit device: the CPU (gloo), or a CUDA device by index
+            init_distributed("nccl" if wanted.type == "cuda" else "gloo")
+            if wanted.type == "cuda":
+                torch.cuda.set_device(wanted)
+            learner.device = wanted
+        model = learner.model
+        if not isinstance(model, DistributedDataParallel):
+            model.to(learner.device)
+            ids = [learner.device.index] if learner.device.type == "cuda" else None
+            learner.model = DistributedDataParallel(model, device_ids=ids)
+        return cls()
+
+    def begin_fit(self, learner: Any, plan: Sequence[tuple[Phase, Any]]) -> list[tuple[Phase, Any]]:
+        """Shard the data of `plan` (and `learner.data`), and take charge of stop requests;
+        returns the sharded plan."""
+        if self._seed is None:  # rank 0's seed, so that the ranks shuffle alike
+            self._seed = broadcast_int(torch.initial_seed() % 2**31)
+        if not isinstance(learner.executor, _StopRequests):
+            self.stops = _StopRequests(learner.executor)
+            learner.executor = self.stops
+        self.stops.reason = None
+        optimizer = learner.optimizer
+        if self._hooked is None or self._hooked[0] is not optimizer:
+            if self._hooked is not None:
+                self._hooked[1].remove()
+            self._hooked = (optimizer, optimizer.register_step_pre_hook(self._before_step))
+        if learner.data is not None:
+            learner.data = Data(self._shard(learner.data.training, True),
+                                self._shard(learner.data.validation, False))
+        return [(phase, self._shard(data, isinstance(phase, AbstractTrainingPhase)))
+                for phase, data in plan]
+
+    def epoch(self, learner: Any, phase: Phase, data: Any) -> None:
+        """`fp.epoch` with the sampler's epoch set, and the ranks agreeing on a stop before and
+        after it."""
+        self.agree_on_stop()
+        sampler = getattr(data, "sampler", None)
+        if callable(getattr(sampler, "set_epoch", None)):
+            sampler.set_epoch(self._epoch_number(learner, phase))
+        epoch(learner, phase, data)
+        self._epochs[phase] = self._epochs.get(phase, 0) + 1
+        self.agree_on_stop()
+
+    def agree_on_stop(self) -> None:
+        """Raise `CancelFitException` on every rank if any rank has recorded a stop request
+        (every rank must call this at the same point)."""
+        reason = self.stops.reason
+        flag = torch.tensor([0 if reason is None else 1], dtype=torch.int64)
+        if all_reduce_sum(flag).item() == 0:
+            return
+        reasons = all_gather_object(reason)
+        first = next(r for r, why in enumerate(reasons) if why is not None)
+        self.stops.reason = None
+        raise _AgreedStop(f"{reasons[first]} (rank {first})")
+
+    def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """The optimizer's step pre-hook: stop together, without the update, if asked."""
+        try:
+            self.agree_on_stop()
+        except CancelFitException:
+            optimizer.zero_grad(set_to_none=True)
+            raise
+
+    def _shard(self, data: Any, training: bool) -> Any:
+        if data is None:
+            return None
+        hit = self._shards.get((id(data), training))
+        if hit is not None and hit[0] is data:
+            return hit[1]
+        if any(out is data for _, out in self._shards.values()):
+            return data  # already this learner's shard
+        sharded = shard(data, training=training, rank=rank(), world_size=world_size(),
+                        seed=self._seed or 0)
+        self._shards[(id(data), training)] = (data, sharded)
+        return sharded
+
+    def _epoch_number(self, learner: Any, phase: Phase) -> int:
+        """Epochs of `phase` completed: the `Recorder`'s count, which a checkpoint restores,
+        else this object's own."""
+        history = vars(learner.cbstate).get("history")
+        if history is not None and phase in history:
+            return history[phase].epochs
+        return self._epochs.get(phase, 0)
+
+
+class _AgreedStop(CancelFitException):
+    """The stop every rank raises together (from an optimizer step inside a handler too)."""
+
+
+class _StopRequests(Executor):
+    """The learner's executor under DDP: a `CancelFitException` from a handler is recorded
+    as `reason` instead of ending this rank's `fit` alone."""
+
+    def __init__(self, inner: Executor | None) -> None:
+        self.inner = inner
+        self.reason: str | None = None
+
+    def run(self, event: Any, phase: Any, handlers: Sequence[Any]) -> None:
+        try:
+            self.inner.run(event, phase, handlers)  # type: ignore[union-attr]
+        except _AgreedStop:  # all ranks raise it at the same point: end fit
+            raise
+        except CancelFitException as stop:
+            if self.reason is None:
+                self.reason = str(stop) or "CancelFitException"
+
+    def close(self) -> None:
+        if self.inner is not None:
+            self.inner.close()

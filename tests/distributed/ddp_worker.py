@@ -1,0 +1,223 @@
+"""One rank of the DDP scenarios that tests/distributed/test_ddp.py checks.
+
+Run by torchrun with two processes: `ddp_worker.py OUTDIR SCENARIO...`. Each scenario trains
+a tiny model under DDP and writes what this rank saw to OUTDIR/SCENARIO-rankN.json (rank 0
+also writes the data it used); the test asserts on those files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import attrs
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.utils.data import DataLoader, TensorDataset
+
+import fluxpy as fp
+
+OUT = Path(sys.argv[1]) if __name__ == "__main__" else Path()
+RANK = int(os.environ.get("RANK", 0))
+
+
+def regression(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.randn(n, 3, generator=g)
+    ys = xs @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.3 + 0.1 * torch.randn(n, 1, generator=g)
+    return xs, ys
+
+
+def batches(n: int, seed: int, size: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    xs, ys = regression(n * size, seed)
+    return [(xs[i:i + size], ys[i:i + size]) for i in range(0, n * size, size)]
+
+
+def model() -> torch.nn.Module:
+    torch.manual_seed(RANK)  # different on each rank: DDP must broadcast rank 0's weights
+    return torch.nn.Linear(3, 1)
+
+
+def weights(learner: fp.Learner) -> list[float]:
+    module = learner.model.module if learner.ddp is not None else learner.model
+    return [v for p in module.parameters() for v in p.detach().flatten().tolist()]
+
+
+def write(scenario: str, **values) -> None:
+    (OUT / f"{scenario}-rank{RANK}.json").write_text(json.dumps(values))
+
+
+def sgd(lr: float):
+    return lambda params: torch.optim.SGD(params, lr=lr)
+
+
+@attrs.define
+class SeenInputs(fp.Callback):
+    """The training inputs this rank got, one list per epoch."""
+
+    epochs: list = attrs.Factory(list)
+
+
+@fp.stateaccess.dispatch
+def _seen_access(cb: SeenInputs):
+    return fp.Access(batch=fp.Access(xs=fp.Read()))
+
+
+@fp.on.dispatch
+def _seen_epoch(event: fp.EpochBegin, phase: fp.TrainingPhase, cb: SeenInputs, learner):
+    cb.epochs.append([])
+
+
+@fp.on.dispatch
+def _seen_step(event: fp.StepBegin, phase: fp.TrainingPhase, cb: SeenInputs, learner):
+    cb.epochs[-1].extend(learner.batch.xs.tolist())
+
+
+@attrs.define
+class EpochLog(fp.RankZeroOnly, fp.Callback):
+    """Appends one line per epoch to a file shared by all ranks: rank 0's lines only."""
+
+    path: Path
+
+
+@fp.on.dispatch
+def _log_epoch(event: fp.EpochEnd, phase: fp.TrainingPhase, cb: EpochLog, learner):
+    with open(cb.path, "a") as f:
+        f.write(f"rank {fp.distributed.rank()}\n")
+
+
+@attrs.define
+class StopOnRankOne(fp.Callback):
+    """Raises CancelFitException at StepEnd of training step `at`, on rank 1 only."""
+
+    at: int
+    steps: int = 0
+
+
+@fp.on.dispatch
+def _stop_step_end(event: fp.StepEnd, phase: fp.TrainingPhase, cb: StopOnRankOne, learner):
+    cb.steps += 1
+    if cb.steps == cb.at and fp.distributed.rank() == 1:
+        raise fp.CancelFitException("rank 1 asked to stop")
+
+
+def history(learner: fp.Learner) -> dict:
+    return {str(p): {"epochs": h.epochs, "steps": h.steps}
+            for p, h in learner.cbstate.history.items()}
+
+
+def train() -> None:
+    """Shuffled DataLoaders, metrics, printers, a rank-zero file and checkpoints."""
+    train_xs, train_ys = regression(32, seed=1)
+    valid_xs, valid_ys = regression(13, seed=2)
+    data = (DataLoader(TensorDataset(train_xs, train_ys), batch_size=4, shuffle=True),
+            DataLoader(TensorDataset(valid_xs, valid_ys), batch_size=4))
+    seen = SeenInputs()
+    with open(OUT / f"printer-rank{RANK}.txt", "w") as out:
+        learner = fp.Learner(
+            model(), F.mse_loss, data=data, optimizer=sgd(0.05),
+            callbacks=[seen, EpochLog(OUT / "rankzero.txt"), fp.MetricsPrinter(file=out),
+                       fp.Checkpointer(OUT / "train-ckpt")],
+        )
+        result = learner.fit(3)
+    metrics = learner.cbstate.metricsepoch
+    write("train", history=history(learner), weights=weights(learner),
+          valid_loss=metrics[fp.ValidationPhase()]["loss"],
+          seen=seen.epochs, result=[result.epochs, result.stop_reason],
+          device=str(learner.device), model=type(learner.model).__name__,
+          train_len=len(learner.data.training), valid_len=len(learner.data.validation),
+          train_xs=train_xs.tolist(), valid_xs=valid_xs.tolist(), valid_ys=valid_ys.tolist())
+
+
+def stop() -> None:
+    """CancelFitException on rank 1 only; lists of batches (9: the last one is dropped)."""
+    learner = fp.Learner(model(), F.mse_loss, data=(batches(9, seed=3), batches(4, seed=4)),
+                         optimizer=sgd(0.05), callbacks=[StopOnRankOne(at=3)],
+                         use_default_callbacks=False)
+    updates = []
+    learner.optimizer.register_step_post_hook(lambda *args: updates.append(1))
+    result = learner.fit(3)
+    write("stop", updates=len(updates), weights=weights(learner),
+          result=[result.epochs, result.stop_reason], train_len=len(learner.data.training))
+
+
+def nan() -> None:
+    """A NaN loss in rank 1's second batch: both ranks stop before its update."""
+    data = batches(8, seed=5)
+    data[3] = (torch.full_like(data[3][0], float("nan")), data[3][1])  # rank 1 gets 1, 3, ...
+    learner = fp.Learner(model(), F.mse_loss, data=(data, None), optimizer=sgd(0.05),
+                         callbacks=[fp.Recorder(), fp.StopOnNaNLoss()],
+                         use_default_callbacks=False)
+    first = weights(learner)
+    result = learner.fit(2)
+    write("nan", history=history(learner), weights=weights(learner), first=first,
+          result=[result.epochs, result.stop_reason])
+
+
+def early() -> None:
+    """EarlyStopping on a diverging validation loss stops both ranks at the same epoch."""
+    learner = fp.Learner(model(), F.mse_loss, data=(batches(8, seed=6), batches(4, seed=7)),
+                         optimizer=sgd(1.5),
+                         callbacks=[fp.Recorder(), fp.Metrics(), fp.EarlyStopping(1)],
+                         use_default_callbacks=False)
+    result = learner.fit(6)
+    write("early", history=history(learner), result=[result.epochs, result.stop_reason],
+          valid_loss=learner.cbstate.metricsepoch[fp.ValidationPhase()]["loss"])
+
+
+def accumulate() -> None:
+    """GradientAccumulation(2) over 10 batches: 5 per rank, the last group at epoch end."""
+    learner = fp.Learner(model(), F.mse_loss, data=(batches(10, seed=8), None),
+                         optimizer=sgd(0.05), callbacks=[fp.GradientAccumulation(2)],
+                         use_default_callbacks=False)
+    allreduces = []
+
+    def counting(state, bucket):
+        allreduces.append(1)
+        return default_hooks.allreduce_hook(state, bucket)
+
+    learner.model.register_comm_hook(None, counting)
+    start = weights(learner)
+    learner.fit(1)
+    write("accumulate", weights=weights(learner), start=start, allreduces=len(allreduces))
+
+
+def resume() -> None:
+    """Three epochs at once, and two epochs + a resume from the checkpoint + one epoch."""
+    def make(folder: str) -> fp.Learner:
+        torch.manual_seed(0)
+        xs, ys = regression(24, seed=9)
+        data = (DataLoader(TensorDataset(xs, ys), batch_size=4, shuffle=True),
+                DataLoader(TensorDataset(*regression(9, seed=10)), batch_size=4))
+        return fp.Learner(model(), F.mse_loss, data=data, optimizer=sgd(0.05),
+                          callbacks=[fp.Recorder(), fp.Checkpointer(OUT / folder)],
+                          use_default_callbacks=False)
+
+    whole = make("whole")
+    whole.fit(3)
+    first = make("parts")
+    first.fit(2)
+    second = make("parts")
+    fp.load_checkpoint(second, OUT / "parts")
+    second.fit(1)
+    write("resume", whole=weights(whole), resumed=weights(second),
+          history=history(second))
+
+
+def load_single() -> None:
+    """A checkpoint written by one process loads into a DDP learner."""
+    learner = fp.Learner(model(), F.mse_loss, data=(batches(4, seed=11), None),
+                         use_default_callbacks=False)
+    fp.load_checkpoint(learner, OUT / "single.pt")
+    write("load_single", weights=weights(learner))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    for name in sys.argv[2:]:
+        globals()[name]()
+    dist.destroy_process_group()

@@ -1,0 +1,201 @@
+"""DDP with two CPU processes (gloo), launched by torchrun: what each rank saw and wrote.
+
+The two processes are started once for the module (`ddp_worker.py` runs every scenario in
+turn); each test reads the files one scenario left and asserts one behaviour.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fluxpy as fp
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+SCENARIOS = ("train", "stop", "nan", "early", "accumulate", "resume", "load_single")
+TIMEOUT = 120
+
+
+def _load_worker():
+    spec = importlib.util.spec_from_file_location("ddp_worker", WORKER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+worker = _load_worker()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(out: Path) -> str:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(WORKER), str(out),
+           *SCENARIOS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"the two ranks did not finish in {TIMEOUT} s (a hang):\n{output[-4000:]}")
+    assert proc.returncode == 0, output[-6000:]
+    return output
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("ddp")
+    single = fp.Learner(torch.nn.Linear(3, 1), F.mse_loss, use_default_callbacks=False)
+    fp.save_checkpoint(single, folder / "single.pt")
+    (folder / "single.json").write_text(json.dumps(worker.weights(single)))
+    _launch(folder)
+    return folder
+
+
+def ranks(out: Path, scenario: str) -> list[dict]:
+    return [json.loads((out / f"{scenario}-rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def linear(weights: list[float]) -> torch.nn.Linear:
+    model = torch.nn.Linear(3, 1)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor(weights[:3]).reshape(1, 3))
+        model.bias.copy_(torch.tensor(weights[3:]))
+    return model
+
+
+def test_the_learner_wraps_the_model_in_ddp_on_the_cpu(out):
+    for r in ranks(out, "train"):
+        assert (r["model"], r["device"]) == ("DistributedDataParallel", "cpu")
+
+
+def test_each_rank_takes_half_the_training_steps(out):
+    # 32 samples in batches of 4: 8 steps per epoch in one process, 4 on each of 2 ranks.
+    for r in ranks(out, "train"):
+        assert r["train_len"] == 4
+        assert r["history"]["TrainingPhase"] == {"epochs": 3, "steps": 3 * 4}
+
+
+def test_ranks_end_with_identical_weights(out):
+    r0, r1 = ranks(out, "train")
+    assert r0["weights"] == r1["weights"]
+
+
+def test_the_validation_loss_is_the_loss_of_the_whole_validation_set(out):
+    # 13 validation samples: 7 on rank 0 and 6 on rank 1, none repeated.
+    r0, r1 = ranks(out, "train")
+    xs, ys = torch.tensor(r0["valid_xs"]), torch.tensor(r0["valid_ys"])
+    with torch.no_grad():
+        full = F.mse_loss(linear(r0["weights"])(xs), ys).item()
+    assert r0["valid_loss"][-1] == pytest.approx(full, rel=1e-6)
+    assert r1["valid_loss"] == r0["valid_loss"]
+
+
+def test_training_shuffles_differently_each_epoch_and_ranks_split_the_data(out):
+    r0, r1 = ranks(out, "train")
+    index = {tuple(round(v, 5) for v in row): i for i, row in enumerate(r0["train_xs"])}
+
+    def seen(rank: dict, epoch: int) -> list[int]:
+        return [index[tuple(round(v, 5) for v in row)] for row in rank["seen"][epoch]]
+
+    for epoch in range(3):
+        assert sorted(seen(r0, epoch) + seen(r1, epoch)) == list(range(32))
+    assert seen(r0, 0) != seen(r0, 1)
+
+
+def test_rank_zero_only_callbacks_and_printing_happen_once(out):
+    assert (out / "rankzero.txt").read_text() == "rank 0\n" * 3
+    assert (out / "printer-rank1.txt").read_text() == ""
+    rows = (out / "printer-rank0.txt").read_text().splitlines()
+    assert [row.split("│")[0].strip() for row in rows[2:]] == ["1", "2", "3"]
+
+
+def test_one_set_of_checkpoint_files_is_written(out):
+    assert sorted(p.name for p in (out / "train-ckpt").iterdir()) == [
+        "epoch-0001.pt", "epoch-0002.pt", "epoch-0003.pt"]
+
+
+@pytest.mark.filterwarnings("ignore:.*holds state for Checkpointer")
+def test_a_checkpoint_written_under_ddp_loads_in_one_process(out):
+    learner = fp.Learner(torch.nn.Linear(3, 1), F.mse_loss, optimizer=worker.sgd(0.05))
+    fp.load_checkpoint(learner, out / "train-ckpt")
+    assert worker.weights(learner) == ranks(out, "train")[0]["weights"]
+    assert learner.cbstate.history[fp.TrainingPhase()].epochs == 3
+
+
+def test_a_checkpoint_written_in_one_process_loads_under_ddp(out):
+    saved = json.loads((out / "single.json").read_text())
+    assert [r["weights"] for r in ranks(out, "load_single")] == [saved, saved]
+
+
+def test_a_stop_raised_on_one_rank_stops_both_at_the_same_update(out):
+    # Rank 1 stops at StepEnd of step 3: both ranks skip step 4's update and end fit.
+    for r in ranks(out, "stop"):
+        assert r["updates"] == 3
+        assert r["result"] == [0, "rank 1 asked to stop (rank 1)"]
+    r0, r1 = ranks(out, "stop")
+    assert r0["weights"] == r1["weights"]
+
+
+def test_a_list_of_batches_is_split_into_equal_shares(out):
+    # 9 batches: every other one per rank, the ninth dropped so both take 4 steps.
+    assert [r["train_len"] for r in ranks(out, "stop")] == [4, 4]
+
+
+def test_a_nan_loss_on_one_rank_stops_both_before_its_update(out):
+    r0, r1 = ranks(out, "nan")
+    assert r0["weights"] == r1["weights"]
+    assert all(torch.isfinite(torch.tensor(r0["weights"])))
+    assert r0["weights"] != r0["first"]  # the first step's update happened, the second's not
+    for r in (r0, r1):
+        assert r["history"]["TrainingPhase"]["steps"] == 1
+        assert r["result"][1].startswith("StopOnNaNLoss: the TrainingPhase loss is nan")
+        assert r["result"][1].endswith("(rank 1)")
+
+
+def test_early_stopping_stops_both_ranks_at_the_same_epoch(out):
+    r0, r1 = ranks(out, "early")
+    assert r0["result"][0] == r1["result"][0] == 1
+    assert r0["result"][1].startswith("EarlyStopping: valid loss did not improve")
+    assert r0["valid_loss"] == r1["valid_loss"]
+    assert r0["history"] == r1["history"]
+
+
+def test_gradient_accumulation_all_reduces_only_on_updating_steps(out):
+    # 5 steps per rank, accumulating 2: steps 2 and 4 communicate, 1, 3 and 5 do not (the
+    # pending gradients of step 5 are averaged at epoch end, outside DDP's hooks).
+    assert [r["allreduces"] for r in ranks(out, "accumulate")] == [2, 2]
+
+
+def test_gradient_accumulation_under_ddp_matches_one_process_accumulating_twice_as_many(out):
+    r0, r1 = ranks(out, "accumulate")
+    assert r0["weights"] == r1["weights"]
+    learner = fp.Learner(worker.model(), F.mse_loss, data=(worker.batches(10, seed=8), None),
+                         optimizer=worker.sgd(0.05), callbacks=[fp.GradientAccumulation(4)],
+                         use_default_callbacks=False)
+    assert worker.weights(learner) == r0["start"]
+    learner.fit(1)
+    assert worker.weights(learner) == pytest.approx(r0["weights"], rel=1e-5)
+
+
+def test_a_resumed_ddp_run_matches_an_uninterrupted_one(out):
+    for r in ranks(out, "resume"):
+        assert r["resumed"] == r["whole"]
+        assert r["history"]["TrainingPhase"] == {"epochs": 3, "steps": 9}
