@@ -160,7 +160,7 @@ def _resolve(cbs, names, i, j, shared, add, exclusive) -> None:
 
 
 def _resolution(a: Callback, b: Callback):
-    answer = resolveconflict(a, b)
+    answer = _ask(resolveconflict, a, b)
     valid = (NotDefined, Unresolvable, NoConflict, RunFirst)
     if not isinstance(answer, valid):
         raise CallbackDeclarationError(
@@ -177,12 +177,24 @@ def _resolution(a: Callback, b: Callback):
     return answer
 
 
+def _ask(declaration, *cbs: Callback):
+    """`declaration(*cbs)`, with a note naming the declaration and callbacks if it raises."""
+    try:
+        return declaration(*cbs)
+    except Exception as exc:
+        exc.add_note(f"raised by {declaration.__name__}"
+                     f"({', '.join(type(cb).__name__ for cb in cbs)})")
+        raise
+
+
 def _access_of(cb: Callback) -> Access:
     if not isinstance(cb, Callback):
         raise CallbackDeclarationError(
-            f"{cb!r} is not a callback: callbacks are instances of fp.Callback subclasses."
+            f"{cb!r} is not a callback: callbacks are instances of fp.Callback subclasses"
+            + (f"; pass {cb.__name__}() instead."
+               if isinstance(cb, type) and issubclass(cb, Callback) else ".")
         )
-    access = stateaccess(cb)
+    access = _ask(stateaccess, cb)
     if not isinstance(access, Access):
         raise CallbackDeclarationError(
             f"stateaccess({type(cb).__name__}) returned {access!r}; it must return an "
@@ -192,7 +204,7 @@ def _access_of(cb: Callback) -> Access:
 
 
 def _runafter_of(cb: Callback) -> tuple[type, ...]:
-    types = runafter(cb)
+    types = _ask(runafter, cb)
     name = type(cb).__name__
     if not isinstance(types, (tuple, list)):
         raise CallbackDeclarationError(
