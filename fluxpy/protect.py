@@ -36,41 +36,79 @@ def protect(learner: Any, access: Access, callback: Any) -> ProtectedObject:
     return ProtectedObject(learner, access, callback, "")
 
 
+# What a granted name gives, decided once per tree node (`_Node.entries`), not per read.
+_RAW, _READONLY, _SUBVIEW = 0, 1, 2
+
+
+class _Node:
+    """One node of a permission tree, compiled for lookups: `entries[name]` is
+    `(kind, child node or None, full path)` for each named child; `base` covers the rest."""
+
+    __slots__ = ("base", "entries", "owner", "prefix", "tree")
+
+    def __init__(self, tree: Access, owner: Any, prefix: str) -> None:
+        self.tree = tree
+        self.base = tree.base
+        self.owner = owner
+        self.prefix = prefix
+        self.entries: dict[str, tuple[int, _Node | None, str]] = {}
+        for name, child in tree.items:
+            path = prefix + name
+            if isinstance(child, Access):
+                self.entries[name] = (_SUBVIEW, _Node(child, owner, path + "."), path)
+            else:
+                self.entries[name] = (_RAW if type(child) is Write else _READONLY, None, path)
+
+    def get(self, name: str) -> Access | Read | None:
+        """The permission for child `name` as in the tree (a subtree, `Read`, `Write`, `None`)."""
+        return self.tree.get(name)
+
+
 class ProtectedObject:
     """An object seen through a permission tree; nested namespaces are protected too."""
 
-    __slots__ = ("_fp_base", "_fp_cache", "_fp_children", "_fp_obj", "_fp_owner", "_fp_prefix")
+    __slots__ = ("_fp_cache", "_fp_node", "_fp_obj")
 
     def __init__(self, obj: Any, tree: Access, owner: Any, prefix: str) -> None:
-        set_ = object.__setattr__
-        set_(self, "_fp_obj", obj)
-        set_(self, "_fp_children", tree.children)
-        set_(self, "_fp_base", tree.base)
-        set_(self, "_fp_owner", owner)
-        set_(self, "_fp_prefix", prefix)
-        set_(self, "_fp_cache", {})
+        _set_obj(self, obj)
+        _set_node(self, _Node(tree, owner, prefix))
+        _set_cache(self, {})
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        node = self._fp_children.get(name, self._fp_base)
-        if node is None:
-            value = getattr(self._fp_obj, name, None)
-            if _is_namespace(value):  # report the full path: learner.batch.loss, not .batch
-                return _Denied(self._fp_owner, self._fp_prefix + name)
-            raise ProtectedError(self._fp_owner, self._fp_prefix + name, "read")
+        entry = self._fp_node.entries.get(name)
+        if entry is None:
+            return self._fp_unnamed(name)
+        kind, sub, path = entry
         value = getattr(self._fp_obj, name)
-        kind = type(node)
-        if kind is Write:
+        if kind == _RAW:
             return value
-        if kind is Read:
-            return readonly(value, self._fp_owner, self._fp_prefix + name)
-        hit = self._fp_cache.get(name)
+        if kind == _READONLY:
+            return readonly(value, self._fp_node.owner, path)
+        cache = self._fp_cache
+        hit = cache.get(name)
         if hit is not None and hit[0] is value:
             return hit[1]
-        view = ProtectedObject(value, node, self._fp_owner, f"{self._fp_prefix}{name}.")
-        self._fp_cache[name] = (value, view)
+        view = _new_view(ProtectedObject)  # the namespace was replaced (a new batch each step)
+        _set_obj(view, value)
+        _set_node(view, sub)
+        _set_cache(view, {})
+        cache[name] = (value, view)
         return view
+
+    def _fp_unnamed(self, name: str) -> Any:
+        """A read of a name the tree does not list: covered by `base`, or denied."""
+        if name.startswith("__"):
+            raise AttributeError(name)
+        node = self._fp_node
+        if node.base is None:
+            value = getattr(self._fp_obj, name, None)
+            if _is_namespace(value):  # report the full path: learner.batch.loss, not .batch
+                return _Denied(node.owner, node.prefix + name)
+            raise ProtectedError(node.owner, node.prefix + name, "read")
+        value = getattr(self._fp_obj, name)
+        if type(node.base) is Write:
+            return value
+        return readonly(value, node.owner, node.prefix + name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         self._fp_check_write(name)
@@ -81,25 +119,35 @@ class ProtectedObject:
         delattr(self._fp_obj, name)
 
     def _fp_check_write(self, name: str) -> None:
-        node = self._fp_children.get(name, self._fp_base)
-        if type(node) is not Write:
-            granted = None if node is None else ("read access" if type(node) is Read else
-                                                 "access to parts of it only")
-            raise ProtectedError(self._fp_owner, self._fp_prefix + name, "write", granted)
+        node = self._fp_node
+        permission = node.get(name)
+        if type(permission) is not Write:
+            granted = None if permission is None else (
+                "read access" if type(permission) is Read else "access to parts of it only")
+            raise ProtectedError(node.owner, node.prefix + name, "write", granted)
 
     def __contains__(self, name: str) -> bool:
-        if self._fp_children.get(name, self._fp_base) is None:
-            raise ProtectedError(self._fp_owner, self._fp_prefix + name, "read")
+        node = self._fp_node
+        if node.get(name) is None:
+            raise ProtectedError(node.owner, node.prefix + name, "read")
         return hasattr(self._fp_obj, name)
 
     def __dir__(self) -> list[str]:
-        if self._fp_base is not None:
+        node = self._fp_node
+        if node.base is not None:
             return dir(self._fp_obj)
-        return sorted(self._fp_children)
+        return sorted(node.entries)
 
     def __repr__(self) -> str:
-        where = f"learner.{self._fp_prefix.rstrip('.')}" if self._fp_prefix else "learner"
-        return f"<{where} as {type(self._fp_owner).__name__} may see it>"
+        node = self._fp_node
+        where = f"learner.{node.prefix.rstrip('.')}" if node.prefix else "learner"
+        return f"<{where} as {type(node.owner).__name__} may see it>"
+
+
+_new_view = object.__new__
+_set_obj = ProtectedObject._fp_obj.__set__  # type: ignore[attr-defined]
+_set_node = ProtectedObject._fp_node.__set__  # type: ignore[attr-defined]
+_set_cache = ProtectedObject._fp_cache.__set__  # type: ignore[attr-defined]
 
 
 def _is_namespace(value: Any) -> bool:
@@ -134,20 +182,37 @@ class _Denied:
 
 def readonly(value: Any, owner: Any, path: str) -> Any:
     """`value` as a holder of `Read()` on `path` may see it."""
-    if isinstance(value, _IMMUTABLE):
+    kind = _READ_KINDS.get(type(value))
+    if kind is None:
+        kind = _READ_KINDS[type(value)] = _read_kind(value)
+    if kind is _AS_IS:
         return value
-    if isinstance(value, Mapping):
-        return ReadOnlyMapping(value, owner, path)
-    if isinstance(value, (list, tuple)):
-        return ReadOnlySequence(value, owner, path)
-    if isinstance(value, (set, frozenset)):
+    if kind is _FROZEN:
         return frozenset(value)
+    return kind(value, owner, path)
+
+
+_AS_IS, _FROZEN = object(), object()
+#: How `readonly` treats each type (every test below depends on the type only), so a read of
+#: a tensor or a number costs one dictionary lookup.
+_READ_KINDS: dict[type, Any] = {}
+
+
+def _read_kind(value: Any) -> Any:
+    if isinstance(value, _IMMUTABLE):
+        return _AS_IS
+    if isinstance(value, Mapping):
+        return ReadOnlyMapping
+    if isinstance(value, (list, tuple)):
+        return ReadOnlySequence
+    if isinstance(value, (set, frozenset)):
+        return _FROZEN
     if isinstance(value, types.SimpleNamespace) or attrs.has(type(value)) or (
         type(value).__module__.startswith("fluxpy.")
         and not isinstance(value, (ProtectedObject, _ReadOnly, torch.nn.Module))
     ):
-        return ReadOnlyObject(value, owner, path)
-    return value
+        return ReadOnlyObject
+    return _AS_IS
 
 
 class _ReadOnly:

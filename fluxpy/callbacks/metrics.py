@@ -83,11 +83,14 @@ class _WeightedMean:
     def _fold(self) -> None:
         if not self.values:
             return
-        values = torch.stack(
-            [torch.as_tensor(v).reshape(()).to(torch.float64) for v in self.values]
-        )
+        try:  # the usual case, one op for all terms: tensors of one element, on one device
+            values = torch.stack(self.values).reshape(len(self.values)).to(torch.float64)
+        except (TypeError, RuntimeError):  # plain numbers among them
+            values = torch.stack(
+                [torch.as_tensor(v).reshape(()).to(torch.float64) for v in self.values]
+            )
         weights = torch.tensor(self.sizes, dtype=torch.float64, device=values.device)
-        total = (values * weights).sum()
+        total = values.dot(weights)
         self.partial = total if self.partial is None else self.partial + total
         self.count += sum(self.sizes)
         self.values, self.sizes = [], []
