@@ -131,3 +131,13 @@ def test_plot_renders_a_png(tmp_path):
 def test_rejects_a_range_that_does_not_rise():
     with pytest.raises(ValueError, match="need 0 < start < end"):
         fp.lr_find(test_learner(), start=1.0, end=1e-3)
+
+
+def test_runs_with_mixed_precision_and_gradient_callbacks_in_the_sweep():
+    learner = test_learner(fp.MixedPrecision(torch.bfloat16), fp.GradientClipping(1.0),
+                           fp.GradientAccumulation(2), fp.Metrics())
+    before = learner.model.coeff.detach().clone()
+    result = fp.lr_find(learner, n_steps=20)
+    assert len(result.lrs) == 20
+    assert torch.equal(learner.model.coeff, before)
+    assert learner.cbstate.metricsepoch == {}

@@ -26,6 +26,7 @@ from ..access import Access, Write
 from ..callback import Callback, NoConflict, Unresolvable, on, resolveconflict, stateaccess
 from ..events import StepBegin
 from ..phases import AbstractTrainingPhase
+from .gradients import GradientAccumulation
 from .todevice import ToDevice
 
 __all__ = [
@@ -213,6 +214,13 @@ def _schedulers_conflict(a: Scheduler, b: Scheduler):
 def _device_and_scheduler(a: ToDevice, b: Scheduler):
     """`ToDevice` moves optimizer state at `FitBegin`; the scheduler sets `param_groups`
     values at `StepBegin`: they never touch the same thing at the same event."""
+    return NoConflict()
+
+
+@resolveconflict.dispatch
+def _scheduler_and_accumulation(a: Scheduler, b: GradientAccumulation):
+    """`GradientAccumulation` steps the optimizer at `EpochEnd` for pending gradients; the
+    scheduler only sets `param_groups` values at `StepBegin`."""
     return NoConflict()
 
 

@@ -222,3 +222,11 @@ def test_fit_one_cycle_refuses_a_learner_that_already_schedules_the_lr():
     learner = test_learner(fp.Scheduler({fp.LearningRate: lambda step: 1e-3}))
     with pytest.raises(ValueError, match="already has a Scheduler for LearningRate"):
         fp.fit_one_cycle(learner, 1, 0.01)
+
+
+def test_scheduler_shares_the_optimizer_with_todevice_and_gradient_accumulation():
+    seen: list = []
+    learner = test_learner(fp.Scheduler({fp.LearningRate: fp.linear(16, 1e-3, 0.0)}),
+                           fp.ToDevice("cpu"), fp.GradientAccumulation(2), lr_recorder(seen))
+    learner.fit(1)
+    assert seen == pytest.approx([fp.linear(16, 1e-3, 0.0)(s) for s in range(16)])
