@@ -1,11 +1,13 @@
 """Built-in callbacks, one family per module."""
 
 from .activations import ActivationStats
+from .backends import CSVBackend, LogBackend, TensorBoardBackend
 from .checkpointer import Checkpointer
 from .conditional import ConditionalCallback, Throttle, throttle
 from .custom import CustomCallback
 from .earlystopping import EarlyStopping
 from .gradients import GradientAccumulation, GradientClipping
+from .logging import LogHistograms, LogHyperParams, LogMetrics
 from .metrics import Metric, Metrics
 from .mixup import MixUp
 from .nan import StopOnNaNLoss
@@ -26,6 +28,7 @@ from .todevice import ToDevice
 
 __all__ = [
     "ActivationStats",
+    "CSVBackend",
     "Checkpointer",
     "ConditionalCallback",
     "CustomCallback",
@@ -35,6 +38,10 @@ __all__ = [
     "History",
     "HyperParameter",
     "LearningRate",
+    "LogBackend",
+    "LogHistograms",
+    "LogHyperParams",
+    "LogMetrics",
     "Metric",
     "Metrics",
     "MetricsPrinter",
@@ -46,6 +53,7 @@ __all__ = [
     "SanityCheck",
     "Scheduler",
     "StopOnNaNLoss",
+    "TensorBoardBackend",
     "Throttle",
     "ToDevice",
     "WeightDecay",

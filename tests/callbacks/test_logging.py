@@ -1,0 +1,225 @@
+"""LogMetrics, LogHyperParams, LogHistograms and their TensorBoard and CSV backends."""
+
+import csv
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import fluxpy as fp
+import fluxpy.callbacks.logging as logging_module
+from fluxpy.testing import test_learner
+
+TRAINING, VALIDATION = fp.TrainingPhase(), fp.ValidationPhase()
+
+
+class ListBackend(fp.LogBackend):
+    """Keeps every call, as a user's own backend would."""
+
+    def __init__(self):
+        self.scalars, self.histograms, self.calls = [], [], []
+
+    def log_scalar(self, name, value, *, step, phase, axis):
+        self.scalars.append((axis, step, phase, name, value))
+
+    def log_histogram(self, name, values, *, step, phase):
+        self.histograms.append((step, name, values.clone()))
+
+    def flush(self):
+        self.calls.append("flush")
+
+    def close(self):
+        self.calls.append("close")
+
+
+def learner_with(*callbacks, **kwargs):
+    return test_learner(*callbacks, fp.Recorder(), fp.Metrics(), **kwargs)
+
+
+def events(logdir):
+    accumulator = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "histograms": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def step_losses(into):
+    return fp.CustomCallback(lambda lr: into.append(lr.batch.loss.item()), fp.StepEnd,
+                             fp.TrainingPhase, access=fp.Access(batch=fp.Access(loss=fp.Read())))
+
+
+# -- LogMetrics -----------------------------------------------------------------------------------
+
+
+def test_tensorboard_event_files_hold_the_epoch_metrics(tmp_path):
+    learner = learner_with(fp.LogMetrics(fp.TensorBoardBackend(tmp_path / "tb")))
+    learner.fit(2)
+    scalars = events(tmp_path / "tb")
+    for phase in (TRAINING, VALIDATION):
+        logged = scalars.Scalars(f"loss/{phase}")
+        assert [e.step for e in logged] == [1, 2]
+        assert [e.value for e in logged] == pytest.approx(
+            learner.cbstate.metricsepoch[phase]["loss"], rel=1e-6)
+
+
+def test_csv_holds_the_epoch_metrics_with_a_header_once(tmp_path):
+    learner = learner_with(fp.LogMetrics(fp.CSVBackend(tmp_path / "log.csv")))
+    learner.fit(2)
+    table = rows(tmp_path / "log.csv")
+    assert table[0] == ["axis", "step", "phase", "name", "value"]
+    train = learner.cbstate.metricsepoch[TRAINING]["loss"]
+    valid = learner.cbstate.metricsepoch[VALIDATION]["loss"]
+    assert table[1:] == [
+        ["epoch", "1", "TrainingPhase", "loss", repr(train[0])],
+        ["epoch", "1", "ValidationPhase", "loss", repr(valid[0])],
+        ["epoch", "2", "TrainingPhase", "loss", repr(train[1])],
+        ["epoch", "2", "ValidationPhase", "loss", repr(valid[1])],
+    ]
+
+
+def test_step_values_every_k_steps_are_the_step_losses(tmp_path):
+    losses, backend = [], ListBackend()
+    learner = learner_with(fp.LogMetrics(backend, every=4), step_losses(losses))
+    learner.fit(2)
+    logged = [(step, value) for axis, step, phase, name, value in backend.scalars
+              if axis == "step" and phase == "TrainingPhase"]
+    assert [step for step, _ in logged] == [0, 4, 8, 12, 16, 20, 24, 28]
+    assert [value for _, value in logged] == pytest.approx(losses[::4], rel=1e-6)
+
+
+def test_a_second_fit_logs_only_new_epochs_and_appends(tmp_path):
+    backend = fp.CSVBackend(tmp_path / "log.csv")
+    learner = learner_with(fp.LogMetrics(backend))
+    learner.fit(1)
+    learner.fit(1)
+    table = rows(tmp_path / "log.csv")
+    assert table.count(["axis", "step", "phase", "name", "value"]) == 1
+    assert [(r[0], r[1], r[2]) for r in table[1:]] == [
+        ("epoch", "1", "TrainingPhase"), ("epoch", "1", "ValidationPhase"),
+        ("epoch", "2", "TrainingPhase"), ("epoch", "2", "ValidationPhase")]
+
+
+def test_step_values_need_the_recorder():
+    with pytest.raises(fp.MissingStateError, match=r"reads cbstate.history.*add Recorder\(\)"):
+        test_learner(fp.LogMetrics(ListBackend(), every=2), fp.Metrics())
+
+
+# -- LogHyperParams -------------------------------------------------------------------------------
+
+
+def test_hyperparameters_are_logged_as_the_update_used_them():
+    backend = ListBackend()
+
+    steps = []
+
+    def set_lr(learner):  # a hand-made schedule: lr = 0.01 * (step + 1)
+        steps.append(1)
+        for group in learner.optimizer.param_groups:
+            group["lr"] = 0.01 * len(steps)
+
+    schedule = fp.CustomCallback(set_lr, fp.StepBegin, fp.TrainingPhase,
+                                 access=fp.Access(optimizer=fp.Write()))
+    learner = learner_with(fp.LogHyperParams(backend, every=2), schedule, n_batches=4,
+                           optimizer=lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9,
+                                                                weight_decay=1e-4))
+    learner.fit(1)
+    assert backend.scalars == [
+        ("step", 0, "TrainingPhase", "lr", 0.01), ("step", 0, "TrainingPhase", "momentum", 0.9),
+        ("step", 0, "TrainingPhase", "weight_decay", 1e-4),
+        ("step", 2, "TrainingPhase", "lr", 0.03), ("step", 2, "TrainingPhase", "momentum", 0.9),
+        ("step", 2, "TrainingPhase", "weight_decay", 1e-4),
+    ]
+
+
+def test_adam_betas_and_several_groups_are_named_apart():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    optimizer = torch.optim.Adam([{"params": model[0].parameters(), "lr": 1e-3},
+                                  {"params": model[1].parameters(), "lr": 1e-4}],
+                                 betas=(0.8, 0.99))
+    assert logging_module.hyperparameters(optimizer.param_groups) == {
+        "lr/group0": 1e-3, "beta1/group0": 0.8, "beta2/group0": 0.99, "weight_decay/group0": 0.0,
+        "lr/group1": 1e-4, "beta1/group1": 0.8, "beta2/group1": 0.99, "weight_decay/group1": 0.0,
+    }
+
+
+def test_every_none_logs_hyperparameters_once_per_training_epoch():
+    backend = ListBackend()
+    learner = learner_with(fp.LogHyperParams(backend, every=None), n_batches=4)
+    learner.fit(2)
+    assert [(step, name) for _, step, _, name, _ in backend.scalars] == [
+        (3, "lr"), (3, "momentum"), (3, "weight_decay"),
+        (7, "lr"), (7, "momentum"), (7, "weight_decay")]
+
+
+# -- LogHistograms --------------------------------------------------------------------------------
+
+
+def test_histograms_of_the_parameters_every_k_training_steps(tmp_path):
+    coeffs = []
+    seen = fp.CustomCallback(lambda lr: coeffs.append(lr.model.coeff.item()), fp.StepEnd,
+                             fp.TrainingPhase, access=fp.Access(model=fp.Read()))
+    learner = learner_with(fp.LogHistograms(fp.TensorBoardBackend(tmp_path), every=4), seen,
+                           n_batches=8)
+    learner.fit(1)
+    logged = events(tmp_path).Histograms("params/coeff")
+    assert [e.step for e in logged] == [0, 4]
+    assert [e.histogram_value.max for e in logged] == pytest.approx(coeffs[::4], rel=1e-6)
+
+
+# -- backends -------------------------------------------------------------------------------------
+
+
+def test_backends_are_flushed_each_epoch_and_closed_at_fit_end():
+    backend = ListBackend()
+    learner = learner_with(fp.LogMetrics(backend))
+    learner.fit(2)
+    assert backend.calls == ["flush"] * 4 + ["close"]
+
+
+def test_backends_are_closed_when_fit_fails(tmp_path):
+    calls = []
+
+    def loss_fn(preds, ys):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("loss failed")
+        return torch.nn.functional.l1_loss(preds, ys)
+
+    backend, csv_backend = ListBackend(), fp.CSVBackend(tmp_path / "log.csv")
+    learner = learner_with(fp.LogMetrics(backend, csv_backend, every=1))
+    learner.loss_fn = loss_fn
+    with pytest.raises(RuntimeError, match="loss failed"):
+        learner.fit(1)
+    assert backend.calls == ["close"]
+    assert [s[:2] for s in backend.scalars] == [("step", 0), ("step", 1)]  # the steps done
+    assert csv_backend._file is None
+    assert [r[:2] for r in rows(tmp_path / "log.csv")[1:]] == [["step", "0"], ["step", "1"]]
+
+
+def test_csv_refuses_to_append_to_a_foreign_file(tmp_path):
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    backend = fp.CSVBackend(tmp_path / "other.csv")
+    with pytest.raises(ValueError, match=r"other.csv exists and is not a log with columns "
+                                         r"axis,step,phase,name,value; choose another path"):
+        backend.log_scalar("loss", 1.0, step=1, phase="TrainingPhase", axis="epoch")
+
+
+def test_loggers_need_logging_backends():
+    with pytest.raises(TypeError, match=r"LogMetrics: 'runs' is not a logging backend"):
+        fp.LogMetrics("runs")
+    with pytest.raises(ValueError, match=r"LogHistograms\(\) needs at least one backend"):
+        fp.LogHistograms()
+
+
+def test_only_rank_zero_logs(monkeypatch, tmp_path):
+    monkeypatch.setattr(logging_module, "is_rank_zero", lambda: False)
+    backend = ListBackend()
+    learner = learner_with(fp.LogMetrics(backend, every=1), fp.LogHyperParams(backend),
+                           fp.LogHistograms(fp.TensorBoardBackend(tmp_path / "tb"), every=1))
+    learner.fit(1)
+    assert backend.scalars == [] and backend.calls == ["close", "close"]
+    assert not (tmp_path / "tb").exists()
