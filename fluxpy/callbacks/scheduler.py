@@ -63,6 +63,9 @@ class HyperParameter:
                 @classmethod
                 def stateaccess(cls):
                     return fp.Access(model=fp.Write())
+
+        A `set` that writes parameter groups can spread a value over them with
+        `per_group(cls, groups, value)` (one number for all, or a list with one per group).
     """
 
     #: The `param_groups` key the default `set` writes.
