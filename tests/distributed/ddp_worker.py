@@ -208,6 +208,19 @@ def resume() -> None:
           history=history(second))
 
 
+def buffers() -> None:
+    """A BatchNorm model: its buffers are rank 0's on every rank after validation."""
+    torch.manual_seed(RANK)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4),
+                              torch.nn.Linear(4, 1))
+    learner = fp.Learner(net, F.mse_loss, data=(batches(6, seed=12), batches(3, seed=13)),
+                         optimizer=sgd(0.05), callbacks=[fp.Metrics()],
+                         use_default_callbacks=False)
+    learner.fit(2)
+    write("buffers", running_mean=learner.model.module[1].running_mean.tolist(),
+          valid_loss=learner.cbstate.metricsepoch[fp.ValidationPhase()]["loss"])
+
+
 def load_single() -> None:
     """A checkpoint written by one process loads into a DDP learner."""
     learner = fp.Learner(model(), F.mse_loss, data=(batches(4, seed=11), None),

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import fluxpy as fp
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
-SCENARIOS = ("train", "stop", "nan", "early", "accumulate", "resume", "load_single")
+SCENARIOS = ("train", "stop", "nan", "early", "accumulate", "resume", "buffers", "load_single")
 TIMEOUT = 120
 
 
@@ -199,3 +199,11 @@ def test_a_resumed_ddp_run_matches_an_uninterrupted_one(out):
     for r in ranks(out, "resume"):
         assert r["resumed"] == r["whole"]
         assert r["history"]["TrainingPhase"] == {"epochs": 3, "steps": 9}
+
+
+def test_buffers_are_rank_zeros_on_every_rank_after_validation(out):
+    # BatchNorm's running statistics: DDP broadcasts rank 0's at the first validation forward,
+    # which every rank makes (each gets at least one validation batch).
+    r0, r1 = ranks(out, "buffers")
+    assert r0["running_mean"] == r1["running_mean"]
+    assert r0["valid_loss"] == r1["valid_loss"]
