@@ -18,6 +18,9 @@ update when a gradient is inf or NaN and lowers the scale.
 
 Skipped updates are counted without a per-step sync: the scale tensor is compared on the
 device after each update (it only goes down on a skip) and the count is read at epoch end.
+`GradScaler.step` itself reads the inf/NaN check to the host once per update (PyTorch's
+behaviour), unless the optimizer is fused (`torch.optim.SGD`, `Adam` or `AdamW` with
+`fused=True`), which skips the step on the device: use one to keep float16 steps sync-free.
 """
 
 from __future__ import annotations

@@ -198,3 +198,14 @@ def test_to_device_runs_before_accumulation_and_clipping():
                             fp.ToDevice("cpu")])
     assert [type(c) for c in graph.ordered()] == [
         fp.ToDevice, fp.GradientClipping, fp.GradientAccumulation]
+
+
+def test_accumulation_and_clipping_read_no_tensor_values_per_step(host_reads):
+    counts = []
+    for n_batches in (4, 12):
+        learner = test_learner(fp.GradientAccumulation(2), fp.GradientClipping(0.5),
+                               fp.Recorder(), fp.Metrics(), n_batches=n_batches)
+        host_reads.clear()
+        learner.fit(1)
+        counts.append(len(host_reads))
+    assert counts[0] == counts[1]  # only the epoch ends read values

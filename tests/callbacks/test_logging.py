@@ -223,3 +223,14 @@ def test_only_rank_zero_logs(monkeypatch, tmp_path):
     learner.fit(1)
     assert backend.scalars == [] and backend.calls == ["close", "close"]
     assert not (tmp_path / "tb").exists()
+
+
+def test_step_logging_reads_values_once_per_epoch(host_reads):
+    counts = []
+    for n_batches in (4, 12):
+        learner = learner_with(fp.LogMetrics(ListBackend(), every=1),
+                               fp.LogHyperParams(ListBackend()), n_batches=n_batches)
+        host_reads.clear()
+        learner.fit(1)
+        counts.append(len(host_reads))
+    assert counts[0] == counts[1]

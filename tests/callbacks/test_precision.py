@@ -169,3 +169,26 @@ def test_all_three_train_together():
     learner.fit(3)
     losses = learner.cbstate.metricsepoch[VALIDATION]["loss"]
     assert losses[-1] < losses[0]
+
+
+def test_bfloat16_reads_no_tensor_values_per_step(host_reads):
+    counts = []
+    for n_batches in (4, 12):
+        learner = linear_learner(fp.MixedPrecision(torch.bfloat16), fp.GradientClipping(1.0),
+                                 fp.Recorder(), fp.Metrics(), n_batches=n_batches)
+        host_reads.clear()
+        learner.fit(1)
+        counts.append(len(host_reads))
+    assert counts[0] == counts[1]
+
+
+def test_float16_with_a_fused_optimizer_reads_no_tensor_values_per_step(host_reads):
+    counts = []
+    for n_batches in (4, 12):
+        learner = test_learner(fp.MixedPrecision(torch.float16), fp.Recorder(), fp.Metrics(),
+                               n_batches=n_batches,
+                               optimizer=lambda ps: torch.optim.SGD(ps, lr=1e-3, fused=True))
+        host_reads.clear()
+        learner.fit(1)
+        counts.append(len(host_reads))
+    assert counts[0] == counts[1]
