@@ -63,6 +63,13 @@ _FIT_BEGIN, _FIT_END = FitBegin(), FitEnd()
 class FitResult:
     """What `Learner.fit` returns: epochs completed, and why it stopped early (if it did)."""
 
+#: The (event, phase) pairs of the built-in loop, planned when the callbacks are set.
+_STEP_PHASES = (TrainingPhase(), ValidationPhase())
+_BUILTIN_PAIRS: tuple[tuple[Event, Phase], ...] = tuple(
+    (event(), phase)
+    for event in BUILTIN_EVENTS
+    for phase in ((_FIT_PHASE,) if event in (FitBegin, FitEnd) else _STEP_PHASES)
+)
     epochs: int
     stop_reason: str | None = None
 
@@ -256,6 +263,8 @@ class Learner:
         handlers: list[Handler] = []
         index: list[int] = []
         for i in graph.order:
+        for event, phase in _BUILTIN_PAIRS:  # plan now, so the first fit starts ready
+            self._plan(event, phase)
             cb = graph.callbacks[i]
             method = _method(type(event), type(phase), cb)
             if method is not None and runs_on_this_rank(cb):

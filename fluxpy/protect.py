@@ -16,6 +16,7 @@ declarations and the graph, not with proxies that would break torch.
 
 from __future__ import annotations
 
+import copy
 import types
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -83,6 +84,8 @@ class ProtectedObject:
         if kind == _RAW:
             return value
         if kind == _READONLY:
+            if _READ_KINDS.get(type(value)) is _AS_IS:  # tensors, numbers: no wrapper, no call
+                return value
             return readonly(value, self._fp_node.owner, path)
         cache = self._fp_cache
         hit = cache.get(name)
@@ -236,6 +239,20 @@ class _ReadOnly:
     def __repr__(self) -> str:
         return f"readonly({self._fp_obj!r})"
 
+    def __copy__(self) -> _ReadOnly:
+        return self  # as unchangeable as a copy would be
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        """A detached copy of the object, the caller's own: changing it changes nothing here."""
+        return copy.deepcopy(self._fp_obj, memo)
+
+    def __reduce__(self) -> Any:
+        return (_unpickled, (self._fp_obj,))  # pickles as the object it shows
+
+
+def _unpickled(obj: Any) -> Any:
+    return obj
+
 
 class ReadOnlyMapping(_ReadOnly, Mapping):
     """A mapping seen through `Read()`: values come back read-only, writes raise."""
@@ -278,7 +295,7 @@ class ReadOnlyObject(_ReadOnly):
     __slots__ = ()
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
+        if name.startswith(("__", "_fp_")):  # `_fp_` slots unset: not initialised, no recursion
             raise AttributeError(name)
         value = getattr(self._fp_obj, name)
         if callable(value) and not isinstance(value, type):

@@ -1,5 +1,6 @@
 """The protected view: each handler sees the learner through its callback's `stateaccess`."""
 
+import copy
 import pickle
 import re
 
@@ -266,6 +267,37 @@ def test_read_only_list_cannot_be_changed(history_view):
                    lambda: times.__setitem__(0, 1), times.pop, times.sort):
         with pytest.raises(fp.ProtectedError):
             mutate()
+
+
+def test_deep_copy_of_read_only_state_is_a_detached_plain_copy(history_view):
+    view, learner = history_view
+    snapshot = copy.deepcopy(view.cbstate.history)
+    assert type(snapshot) is dict
+    assert snapshot == learner.cbstate.history
+    snapshot[fp.TrainingPhase()].epochs = 99
+    assert learner.cbstate.history[fp.TrainingPhase()].epochs == 1
+
+
+def test_deep_copy_of_a_read_only_object_is_a_plain_copy(history_view):
+    view, learner = history_view
+    record = copy.deepcopy(view.cbstate.history[fp.TrainingPhase()])
+    assert type(record) is fp.History
+    record.epoch_times.append(1.0)
+    assert len(learner.cbstate.history[fp.TrainingPhase()].epoch_times) == 1
+
+
+def test_shallow_copy_of_read_only_state_stays_read_only(history_view):
+    view, _ = history_view
+    record = copy.copy(view.cbstate.history[fp.TrainingPhase()])
+    with pytest.raises(fp.ProtectedError):
+        record.epochs = 2
+
+
+def test_read_only_state_pickles_as_the_object_it_shows(history_view):
+    view, learner = history_view
+    record = pickle.loads(pickle.dumps(view.cbstate.history[fp.TrainingPhase()]))
+    assert record == learner.cbstate.history[fp.TrainingPhase()]
+    assert type(record) is fp.History
 
 
 @attrs.define
