@@ -120,6 +120,7 @@ class Metrics(Callback):
                              "rename with fp.Metric(fn, name=...)")
         self._means: dict[Phase, dict[str, _WeightedMean]] = {}
         self._active: dict[Phase, tuple[Metric, ...]] = {}
+        self._step: dict[Phase, dict[str, Any]] = {}  # this epoch's cbstate.metricsstep[phase]
 
     def __repr__(self) -> str:
         return f"Metrics({', '.join(m.name for m in self.metrics)})"
@@ -181,7 +182,7 @@ def _metrics_epoch_begin(event: EpochBegin, phase: Phase, cb: Metrics, learner):
             m.fn.reset()
         else:
             cb._means[phase][m.name] = _WeightedMean()
-    learner.cbstate.metricsstep[phase] = {}
+    cb._step[phase] = learner.cbstate.metricsstep[phase] = {}
     learner.cbstate.metricsepoch.setdefault(phase, {})
 
 
@@ -191,7 +192,7 @@ def _metrics_step_end(event: StepEnd, phase: Phase, cb: Metrics, learner):
     ys = batch.ys
     size = _batch_size(ys)
     means = cb._means[phase]
-    step = learner.cbstate.metricsstep[phase]
+    step = cb._step[phase]
     loss = batch.loss.detach()
     means["loss"].add(loss, size)
     step["loss"] = loss
