@@ -57,12 +57,6 @@ BUILTIN_EVENTS: tuple[type[Event], ...] = (
 )
 _FIT_PHASE = Phase()
 _FIT_BEGIN, _FIT_END = FitBegin(), FitEnd()
-
-
-@attrs.frozen
-class FitResult:
-    """What `Learner.fit` returns: epochs completed, and why it stopped early (if it did)."""
-
 #: The (event, phase) pairs of the built-in loop, planned when the callbacks are set.
 _STEP_PHASES = (TrainingPhase(), ValidationPhase())
 _BUILTIN_PAIRS: tuple[tuple[Event, Phase], ...] = tuple(
@@ -70,6 +64,12 @@ _BUILTIN_PAIRS: tuple[tuple[Event, Phase], ...] = tuple(
     for event in BUILTIN_EVENTS
     for phase in ((_FIT_PHASE,) if event in (FitBegin, FitEnd) else _STEP_PHASES)
 )
+
+
+@attrs.frozen
+class FitResult:
+    """What `Learner.fit` returns: epochs completed, and why it stopped early (if it did)."""
+
     epochs: int
     stop_reason: str | None = None
 
@@ -253,6 +253,8 @@ class Learner:
         self._roots = list(roots)
         self._plans = {}
         self._stale = False
+        for event, phase in _BUILTIN_PAIRS:  # plan now, so the first fit starts ready
+            self._plan(event, phase)
         if init:
             for cb, v in zip(graph.callbacks, views):
                 if id(cb) not in old and runs_on_this_rank(cb):
@@ -263,8 +265,6 @@ class Learner:
         handlers: list[Handler] = []
         index: list[int] = []
         for i in graph.order:
-        for event, phase in _BUILTIN_PAIRS:  # plan now, so the first fit starts ready
-            self._plan(event, phase)
             cb = graph.callbacks[i]
             method = _method(type(event), type(phase), cb)
             if method is not None and runs_on_this_rank(cb):
