@@ -210,6 +210,8 @@ def _read_kind(value: Any) -> Any:
         return ReadOnlySequence
     if isinstance(value, (set, frozenset)):
         return _FROZEN
+    if callable(value):  # functions, modules, loss objects: reading means calling them
+        return _AS_IS
     if isinstance(value, types.SimpleNamespace) or attrs.has(type(value)) or (
         type(value).__module__.startswith("fluxpy.")
         and not isinstance(value, (ProtectedObject, _ReadOnly, torch.nn.Module))
