@@ -3,6 +3,7 @@
 Each test defines its own callback classes: methods registered on `fp.on` persist.
 """
 
+import gc
 import pickle
 import re
 
@@ -241,6 +242,23 @@ def test_subscribers_are_told_about_each_registration():
     fn.subscribe(listener)
     fn.dispatch(_int_int)
     assert told == [fn]
+
+
+def test_subscribed_bound_methods_are_held_weakly():
+    fn = GenericFunction(_fallback2, arity=2, params="a, b")
+    told = []
+
+    class Listener:
+        def changed(self, changed):
+            told.append(changed)
+
+    listener = Listener()
+    fn.subscribe(listener.changed)
+    del listener
+    gc.collect()
+    fn.dispatch(_int_int)
+    assert told == []
+    assert fn._subscribers == []
 
 
 def test_resolution_cache_is_dropped_on_registration():
