@@ -20,6 +20,7 @@ Extending:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
 from typing import Any
 
 import attrs
@@ -29,7 +30,12 @@ import torch
 from .callback import Callback, UnsafeCallback, on, resolveconflict, runafter, stateaccess
 from .ddp import DistributedTraining
 from .distributed import runs_on_this_rank
-from .errors import AmbiguousHandlerError, CallbackDeclarationError, CancelFitException
+from .errors import (
+    AmbiguousHandlerError,
+    CallbackDeclarationError,
+    CancelEpochException,
+    CancelFitException,
+)
 from .events import (
     BackwardBegin,
     BackwardEnd,
@@ -175,7 +181,8 @@ class Learner:
             self.handle(_FIT_BEGIN, _FIT_PHASE)
             for _ in range(n_epochs):
                 for phase, phase_data in plan:
-                    run_epoch(self, phase, phase_data)
+                    with suppress(CancelEpochException):  # raised at EpochBegin, after EpochEnd
+                        run_epoch(self, phase, phase_data)
                 epochs += 1
         except CancelFitException as stop:
             reason = str(stop) or "CancelFitException"
@@ -185,7 +192,10 @@ class Learner:
             except Exception as end_exc:
                 exc.add_note(f"FitEnd handlers also failed: {end_exc!r}")
             raise
-        self.handle(_FIT_END, _FIT_PHASE)
+        try:
+            self.handle(_FIT_END, _FIT_PHASE)
+        except CancelFitException as stop:  # raised at FitEnd: skips its remaining handlers
+            reason = reason or str(stop) or "CancelFitException"
         return FitResult(epochs, reason)
 
     def handle(self, event: Event, phase: Phase) -> None:

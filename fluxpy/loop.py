@@ -20,13 +20,16 @@ What fires under each kind of termination:
 | `CancelFitException`     | skipped      | no        | no         | ends normally | yes    |
 | any other error, Ctrl-C  | skipped      | no        | no         | propagates  | yes      |
 
+Raised by a handler of the event that closes its scope (`StepEnd`, `EpochEnd`, `FitEnd`), a
+cancel exception skips the remaining handlers of that event, and the loop goes on as above.
+
 The hot path adds no host-device synchronisation: nothing here reads a tensor's value.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import torch
@@ -100,7 +103,10 @@ def _run_steps(learner, phase: Phase, data) -> None:
         if type(batch) is not impl_type:  # resolve once per epoch, not per step
             impl_type = type(batch)
             impl = step.resolve(type(learner), type(phase), impl_type)
-        impl(learner, phase, batch)
+        try:
+            impl(learner, phase, batch)
+        except CancelStepException:  # from a custom step's run_step, raised at StepBegin
+            continue
 
 
 def _no_batches(phase: Phase, data: Any) -> str:
@@ -130,13 +136,24 @@ def _validation_epoch(learner, phase: AbstractValidationPhase, data):
 
 @contextmanager
 def run_epoch(learner, phase: Phase) -> Iterator[None]:
-    """Frame an epoch: `EpochBegin`, the body, `EpochEnd` (also after `CancelEpochException`)."""
+    """Frame an epoch: `EpochBegin`, the body, `EpochEnd` (also after `CancelEpochException`).
+
+    A context manager cannot skip its body, so `CancelEpochException` raised at `EpochBegin`
+    fires `EpochEnd` and then leaves the `with` statement; `Learner.fit` catches it.
+    """
     try:
         learner.handle(EPOCH_BEGIN, phase)
-        yield
     except CancelEpochException:
-        pass
-    learner.handle(EPOCH_END, phase)
+        _end_epoch(learner, phase)
+        raise
+    with suppress(CancelEpochException):
+        yield
+    _end_epoch(learner, phase)
+
+
+def _end_epoch(learner, phase: Phase) -> None:
+    with suppress(CancelEpochException):  # raised at EpochEnd: skips its remaining handlers
+        learner.handle(EPOCH_END, phase)
 
 
 @contextmanager
@@ -144,14 +161,19 @@ def run_step(learner, phase: Phase, **state: Any) -> Iterator[Batch]:
     """Frame a step: a fresh `learner.batch` from `state`, `StepBegin`, the body, `StepEnd`.
 
     `CancelStepException` raised in the body (or a handler) ends the step without `StepEnd`.
+    Raised at `StepBegin`, it leaves the `with` statement (a context manager cannot skip its
+    body) and the epoch's loop over the batches catches it.
     """
     learner.batch = Batch(**state)
+    learner.handle(STEP_BEGIN, phase)
     try:
-        learner.handle(STEP_BEGIN, phase)
         yield learner.batch
     except CancelStepException:
         return
-    learner.handle(STEP_END, phase)
+    try:
+        learner.handle(STEP_END, phase)
+    except CancelStepException:  # raised at the closing event: skips its remaining handlers
+        return
 
 
 def update_parameters(learner) -> None:
@@ -202,7 +224,10 @@ def _training_step(learner, phase: AbstractTrainingPhase, batch):
         if isinstance(exc, CancelStepException):
             return
         raise
-    handle(STEP_END, phase)
+    try:
+        handle(STEP_END, phase)
+    except CancelStepException:  # raised at the closing event: skips its remaining handlers
+        return
 
 
 @step.dispatch
@@ -219,7 +244,10 @@ def _validation_step(learner, phase: AbstractValidationPhase, batch):
         state.loss = _loss(learner, state, phase)
     except CancelStepException:
         return
-    handle(STEP_END, phase)
+    try:
+        handle(STEP_END, phase)
+    except CancelStepException:  # raised at the closing event: skips its remaining handlers
+        return
 
 
 def _unpack(batch: Any, phase: Phase) -> Any:

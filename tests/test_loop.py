@@ -153,6 +153,35 @@ def test_cancelled_step_after_backward_does_not_update_or_keep_gradients():
     assert learner.model.coeff.grad is None
 
 
+def test_cancel_epoch_at_epoch_begin_fires_epoch_end_and_skips_the_epoch():
+    log = EventLog()
+    cancel = fp.CustomCallback(raising(fp.CancelEpochException()), fp.EpochBegin,
+                               fp.TrainingPhase)
+    result = test_learner(cancel, log).fit(1, phases=[(TRAIN, [BATCH]), (VALID, [BATCH])])
+    assert log.names()[:3] == [("FitBegin", "Phase"), ("EpochEnd", "TrainingPhase"),
+                               ("EpochBegin", "ValidationPhase")]
+    assert result.epochs == 1
+
+
+def test_cancel_at_a_closing_event_skips_its_remaining_handlers():
+    log = EventLog()
+    cancels = [fp.CustomCallback(raising(fp.CancelStepException()), fp.StepEnd),
+               fp.CustomCallback(raising(fp.CancelEpochException()), fp.EpochEnd)]
+    result = test_learner(*cancels, log).fit(2, phases=[(TRAIN, [BATCH, BATCH])])
+    assert ("StepEnd", "TrainingPhase") not in log.names()
+    assert ("EpochEnd", "TrainingPhase") not in log.names()
+    assert log.names().count(("StepBegin", "TrainingPhase")) == 4
+    assert result.epochs == 2
+
+
+def test_cancel_fit_at_fit_end_keeps_the_reason():
+    log = EventLog()
+    stop = fp.CustomCallback(raising(fp.CancelFitException("at the end")), fp.FitEnd)
+    result = test_learner(stop, log).fit(1, phases=[(TRAIN, [BATCH])])
+    assert result == fp.FitResult(epochs=1, stop_reason="at the end")
+    assert ("FitEnd", "Phase") not in log.names()
+
+
 # -- run_step and run_epoch --------------------------------------------------------------------
 
 
@@ -163,6 +192,17 @@ def test_run_step_swallows_cancel_step_without_step_end():
         assert (batch.xs, batch.ys) == (1, 2)
         raise fp.CancelStepException()
     assert log.names() == [("StepBegin", "TrainingPhase")]
+
+
+def test_run_step_cancelled_at_step_begin_leaves_the_with_statement():
+    log = EventLog()
+    learner = test_learner(fp.CustomCallback(raising(fp.CancelStepException()), fp.StepBegin),
+                           log)
+    body = []
+    with pytest.raises(fp.CancelStepException), fp.run_step(learner, TRAIN, xs=1, ys=2):
+        body.append(1)
+    assert body == []
+    assert log.names() == []
 
 
 def test_run_step_fires_step_end_on_normal_exit_with_a_fresh_batch():
@@ -189,6 +229,17 @@ def test_run_epoch_fires_epoch_end_after_cancel_epoch():
     with fp.run_epoch(learner, TRAIN):
         raise fp.CancelEpochException()
     assert log.names() == [("EpochBegin", "TrainingPhase"), ("EpochEnd", "TrainingPhase")]
+
+
+def test_run_epoch_cancelled_at_epoch_begin_fires_epoch_end_and_leaves_the_with_statement():
+    log = EventLog()
+    learner = test_learner(fp.CustomCallback(raising(fp.CancelEpochException()), fp.EpochBegin),
+                           log)
+    body = []
+    with pytest.raises(fp.CancelEpochException), fp.run_epoch(learner, TRAIN):
+        body.append(1)
+    assert body == []
+    assert log.names() == [("EpochEnd", "TrainingPhase")]
 
 
 def test_step_for_a_phase_without_one_names_the_fix():

@@ -68,6 +68,8 @@ def _recorder_step_end(event: StepEnd, phase: Phase, cb: Recorder, learner):
 
 @on.dispatch
 def _recorder_epoch_end(event: EpochEnd, phase: Phase, cb: Recorder, learner):
+    if phase not in cb._started:  # cancelled at EpochBegin before this Recorder's turn
+        _recorder_epoch_begin(event, phase, cb, learner)
     h = cb._histories[phase]
     h.epochs += 1
     h.epoch_times.append(time.perf_counter() - cb._started.pop(phase))

@@ -91,3 +91,32 @@ def test_custom_phase_runs_in_train_mode():
 def test_explain_lists_the_custom_event_for_the_custom_phase():
     text = fp.explain(test_learner(Tally()), phases=[TwoPassPhase()])
     assert "Halfway        Tally" in text
+
+
+def test_custom_step_cancelled_at_step_begin_skips_that_step_only():
+    calls = []
+
+    def cancel_first(learner):
+        calls.append(1)
+        if len(calls) == 1:
+            raise fp.CancelStepException()
+
+    tally = Tally()
+    learner = test_learner(fp.Recorder(), tally,
+                           fp.CustomCallback(cancel_first, fp.StepBegin, TwoPassPhase))
+    learner.fit(1, phases=[(TwoPassPhase(), test_batches(4))])
+    assert learner.cbstate.history[TwoPassPhase()].steps == 3
+    assert tally.halfway == 3
+
+
+def test_custom_phase_epoch_cancelled_at_epoch_begin_goes_on_with_the_next_phase():
+    def cancel(learner):
+        raise fp.CancelEpochException()
+
+    learner = test_learner(fp.Recorder(), fp.CustomCallback(cancel, fp.EpochBegin, TwoPassPhase))
+    result = learner.fit(2, phases=[(TwoPassPhase(), test_batches(4)),
+                                    (fp.ValidationPhase(), test_batches(2))])
+    assert result.epochs == 2
+    assert learner.cbstate.history[TwoPassPhase()].epochs == 2
+    assert learner.cbstate.history[TwoPassPhase()].steps == 0
+    assert learner.cbstate.history[fp.ValidationPhase()].steps == 4
