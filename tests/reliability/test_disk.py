@@ -1,0 +1,113 @@
+"""An unwritable checkpoint folder and a full disk: clear errors, no partial files, training
+state intact."""
+
+import errno
+import io
+import os
+import tempfile
+
+import pytest
+import torch
+
+import fluxpy as fp
+import fluxpy.callbacks.checkpointer as checkpointer_module
+from fluxpy.testing import test_learner
+
+
+def test_a_folder_under_a_regular_file_is_an_error_at_construction(tmp_path):
+    (tmp_path / "file.txt").write_text("not a folder")
+    folder = tmp_path / "file.txt" / "ckpts"
+    with pytest.raises(fp.CheckpointError, match=r"ckpts: cannot hold checkpoints: Not a "
+                                                 r"directory\. Give the Checkpointer a folder"):
+        fp.Checkpointer(folder)
+
+
+def _writes_despite_permissions(folder) -> bool:
+    """Whether this process writes in a read-only folder anyway (root does)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except PermissionError:
+        return False
+
+
+def test_a_read_only_folder_is_an_error_at_construction(tmp_path, monkeypatch):
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        if _writes_despite_permissions(folder):
+            # Running as root, which ignores the mode: fail the way the mode fails others.
+            def denied(*args, **kwargs):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+            monkeypatch.setattr(checkpointer_module.tempfile, "mkstemp", denied)
+        with pytest.raises(fp.CheckpointError, match=r"ckpts: cannot hold checkpoints: "
+                                                     r"Permission denied"):
+            fp.Checkpointer(folder)
+    finally:
+        folder.chmod(0o700)
+
+
+def fill_the_disk(monkeypatch, after: int = 0):
+    """From the `after + 1`-th save on, torch.save writes half the file, then the disk is full."""
+    real_save = torch.save
+    calls = [0]
+
+    def full(obj, f, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] <= after:
+            return real_save(obj, f, *args, **kwargs)
+        buffer = io.BytesIO()
+        real_save(obj, buffer)
+        f.write(buffer.getvalue()[: buffer.tell() // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full)
+
+
+def checkpointed(folder):
+    return test_learner(fp.Recorder(), fp.Metrics(), fp.Checkpointer(folder), n_batches=4)
+
+
+def test_a_full_disk_is_an_error_at_the_first_save_naming_the_file(tmp_path, monkeypatch):
+    fill_the_disk(monkeypatch)
+    learner = checkpointed(tmp_path)
+    with pytest.raises(fp.CheckpointError, match=r"epoch-0001\.pt: could not be written: No "
+                                                 r"space left on device\. No partial file") as info:
+        learner.fit(3)
+    assert info.value.path == str(tmp_path / "epoch-0001.pt")
+    assert info.value.__cause__.errno == errno.ENOSPC
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_full_disk_leaves_earlier_checkpoints_and_the_training_state_intact(tmp_path,
+                                                                             monkeypatch):
+    learner = checkpointed(tmp_path)
+    learner.fit(1)
+    fill_the_disk(monkeypatch)
+    with pytest.raises(fp.CheckpointError, match=r"epoch-0002\.pt: could not be written"):
+        learner.fit(1)
+    assert os.listdir(tmp_path) == ["epoch-0001.pt"]
+    expected = test_learner(fp.Recorder(), fp.Metrics(), n_batches=4)
+    expected.fit(2)
+    assert torch.equal(learner.model.coeff, expected.model.coeff)
+    assert learner.cbstate.history[fp.TrainingPhase()].epochs == 2
+
+    monkeypatch.undo()  # space freed: training and saving go on
+    learner.fit(1)
+    assert sorted(os.listdir(tmp_path)) == ["epoch-0001.pt", "epoch-0003.pt"]
+    resumed = checkpointed(tmp_path / "elsewhere")
+    assert fp.load_checkpoint(resumed, tmp_path).name == "epoch-0003.pt"
+
+
+def test_a_full_disk_for_save_checkpoint_keeps_the_previous_file(tmp_path, monkeypatch):
+    learner = test_learner()
+    path = fp.save_checkpoint(learner, tmp_path / "model.pt")
+    before = path.read_bytes()
+    learner.fit(1)
+    fill_the_disk(monkeypatch)
+    with pytest.raises(fp.CheckpointError, match=r"model\.pt: could not be written"):
+        fp.save_checkpoint(learner, path)
+    assert os.listdir(tmp_path) == ["model.pt"]
+    assert path.read_bytes() == before
