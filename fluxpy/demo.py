@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 
-from .callbacks import Metrics, ProgressPrinter
+from .callbacks import Metrics, MetricsPrinter, ProgressPrinter
 from .explain import explain
 from .learner import Learner
 from .phases import TrainingPhase, ValidationPhase
@@ -102,7 +102,8 @@ def _train(epochs: int, n_per_class: int, out: TextIO, progress: Any) -> dict[st
     learner = Learner(
         model, torch.nn.functional.cross_entropy, data=(train, valid),
         optimizer=lambda params: torch.optim.Adam(params, lr=3e-3),
-        callbacks=[Metrics(accuracy), ProgressPrinter(enabled=True, file=progress)],
+        callbacks=[Metrics(accuracy), ProgressPrinter(enabled=True, file=progress),
+                   MetricsPrinter(file=out)],
         device="cpu",
     )
 
