@@ -162,7 +162,8 @@ def run_step(learner, phase: Phase, **state: Any) -> Iterator[Batch]:
 
     `CancelStepException` raised in the body (or a handler) ends the step without `StepEnd`.
     Raised at `StepBegin`, it leaves the `with` statement (a context manager cannot skip its
-    body) and the epoch's loop over the batches catches it.
+    body): the built-in epoch catches it and goes on with the next batch; a custom epoch that
+    calls `fp.step` itself does the same with `contextlib.suppress(fp.CancelStepException)`.
     """
     learner.batch = Batch(**state)
     learner.handle(STEP_BEGIN, phase)
