@@ -343,3 +343,14 @@ def test_a_class_this_process_does_not_define_is_an_error(saved):
     torch.save(state, saved)
     _load_fails(saved, "cannot restore cbstate.thing: it holds a nowhere.Thing, an attrs class "
                        "this process does not define")
+
+
+def test_the_gradient_scaler_state_is_saved_and_restored(tmp_path):
+    learner = test_learner()
+    learner.scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    path = fp.save_checkpoint(learner, tmp_path / "c.pt")
+    assert torch.load(path, weights_only=True)["scaler"]["scale"] == 256.0
+    resumed = test_learner()
+    resumed.scaler = torch.amp.GradScaler("cpu", init_scale=2.0)
+    fp.load_checkpoint(resumed, path)
+    assert resumed.scaler.state_dict()["scale"] == 256.0

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import fluxpy as fp
+import fluxpy.rankzero
 from fluxpy.testing import test_learner
 
 
@@ -178,3 +179,15 @@ def test_on_ctrl_c_with_every_epoch_saved_nothing_more_is_written(tmp_path):
 def test_bad_options_are_errors_at_construction(tmp_path, options, match):
     with pytest.raises(ValueError, match=match):
         fp.Checkpointer(tmp_path, **options)
+
+
+@pytest.mark.parametrize(("rank", "written"), [(0, ["epoch-0001.pt"]), (1, [])])
+def test_under_torch_distributed_only_rank_zero_writes_and_every_rank_waits(
+        tmp_path, monkeypatch, rank, written):
+    waits = []
+    monkeypatch.setattr(fluxpy.rankzero, "is_distributed", lambda: True)
+    monkeypatch.setattr(fluxpy.rankzero, "is_rank_zero", lambda: rank == 0)
+    monkeypatch.setattr(fluxpy.rankzero, "barrier", lambda: waits.append(names(tmp_path)))
+    checkpoint_learner(tmp_path).fit(1)
+    assert names(tmp_path) == written
+    assert waits == [written]  # the barrier comes after rank 0's write
