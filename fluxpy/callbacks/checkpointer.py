@@ -84,7 +84,8 @@ class Checkpointer(UnsafeCallback):
     epoch: int = attrs.field(default=0, init=False)
     scores: dict[str, float] = attrs.field(factory=dict, init=False)
     _phases_ended: int | None = attrs.field(default=None, init=False, repr=False)  # in fit
-    _pending: tuple[int, dict] | None = attrs.field(default=None, init=False, repr=False)
+    # (epoch, copy of its state) of an epoch not yet saved; the copy exists on rank 0 only
+    _pending: tuple[int, dict | None] | None = attrs.field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.every, int) or self.every < 1:
@@ -187,7 +188,7 @@ def _checkpointer_epoch_end(event: EpochEnd, phase: Phase, cb: Checkpointer, lea
     if epoch % cb.every == 0:
         on_rank_zero(lambda: cb._save(epoch, checkpoint_state(learner)))
     else:
-        cb._pending = on_rank_zero(lambda: (epoch, _copied(checkpoint_state(learner))))
+        cb._pending = (epoch, on_rank_zero(lambda: _copied(checkpoint_state(learner))))
 
 
 @on.dispatch
