@@ -149,11 +149,14 @@ def write_atomically(state: dict[str, Any], path: Path) -> None:
         os.replace(tmp, path)
         tmp = None
         _fsync_folder(folder)
-    except OSError as exc:
+    except Exception as exc:
+        cause = _os_error(exc)
+        if cause is None:
+            raise
         raise CheckpointError(
-            path, f"could not be written: {exc.strerror or exc}. No partial file was left and "
-            "the learner is unchanged; free space or fix the folder, then save again."
-        ) from exc
+            path, f"could not be written: {cause.strerror or cause}. No partial file was left "
+            "and the learner is unchanged; free space or fix the folder, then save again."
+        ) from cause
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):
@@ -330,6 +333,18 @@ def _restore_cbstate(cbstate: types.SimpleNamespace, saved: dict[str, Any]) -> N
             current.update(value)
         else:
             setattr(cbstate, key, value)
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The `OSError` behind `exc`: torch.save reports a failed write (disk full) as a
+    `RuntimeError` whose context is the `OSError`."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -49,21 +49,24 @@ def test_a_read_only_folder_is_an_error_at_construction(tmp_path, monkeypatch):
         folder.chmod(0o700)
 
 
-def fill_the_disk(monkeypatch, after: int = 0):
-    """From the `after + 1`-th save on, torch.save writes half the file, then the disk is full."""
-    real_save = torch.save
-    calls = [0]
+class FullDisk(io.FileIO):
+    """A file on a disk with `room` bytes left: the write that does not fit puts down what
+    fits, then fails with ENOSPC, as write(2) does."""
 
-    def full(obj, f, *args, **kwargs):
-        calls[0] += 1
-        if calls[0] <= after:
-            return real_save(obj, f, *args, **kwargs)
-        buffer = io.BytesIO()
-        real_save(obj, buffer)
-        f.write(buffer.getvalue()[: buffer.tell() // 2])
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    room = 300
 
-    monkeypatch.setattr(torch, "save", full)
+    def write(self, data) -> int:
+        left = self.room - self.tell()
+        if len(data) > left:
+            if left > 0:
+                super().write(bytes(data)[:left])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(data)
+
+
+def fill_the_disk(monkeypatch):
+    """Files opened from descriptors (how checkpoints are written) are on a full disk."""
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode="r", *args, **kwargs: FullDisk(fd, "wb"))
 
 
 def checkpointed(folder):
