@@ -33,6 +33,7 @@ Under `torch.distributed` only rank 0 writes and prunes; the other ranks wait fo
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import math
 import os
@@ -106,6 +107,15 @@ class Checkpointer(UnsafeCallback):
             )
         _check_writable(self.folder)
 
+    def init(self, learner) -> None:
+        others = [cb for cb in learner.callbacks if isinstance(cb, Checkpointer)]
+        if len(others) > 1:
+            raise ValueError(
+                f"a learner takes one Checkpointer, and this one has {len(others)}: each "
+                "saves after every other callback and counts the epochs in its files. Use one, "
+                "with keep_last for the newest and monitor/keep_best for the best."
+            )
+
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "scores": dict(self.scores)}
 
@@ -149,9 +159,17 @@ class Checkpointer(UnsafeCallback):
         return float(series[-1])
 
 
+class _AnyOtherCallback(abc.ABC):  # noqa: B024 (virtual: isinstance only, no methods)
+    """What `isinstance` finds in every callback but a `Checkpointer` (for `runafter`)."""
+
+    @classmethod
+    def __subclasshook__(cls, other: type) -> bool:
+        return issubclass(other, Callback) and not issubclass(other, Checkpointer)
+
+
 @runafter.dispatch
 def _checkpointer_after(cb: Checkpointer):
-    return (Callback,)  # every other callback: their state is final when it is saved
+    return (_AnyOtherCallback,)  # so every other callback's state is final when it is saved
 
 
 @stateaccess.dispatch

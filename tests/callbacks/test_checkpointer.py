@@ -169,6 +169,11 @@ def test_on_ctrl_c_with_every_epoch_saved_nothing_more_is_written(tmp_path):
     assert names(tmp_path) == ["epoch-0001.pt", "epoch-0002.pt"]
 
 
+def test_a_second_checkpointer_is_an_error_when_the_learner_is_built(tmp_path):
+    with pytest.raises(ValueError, match="a learner takes one Checkpointer, and this one has 2"):
+        test_learner(fp.Checkpointer(tmp_path / "a"), fp.Checkpointer(tmp_path / "b"))
+
+
 @pytest.mark.parametrize(("options", "match"), [
     ({"every": 0}, r"every=0\): every must be an int >= 1"),
     ({"keep_last": 0}, r"keep_last=0\): keep at least the newest"),
