@@ -50,7 +50,16 @@ from .events import (
 )
 from .executors import Executor, Handler, SerialExecutor
 from .graph import CallbackGraph, build_graph
-from .loop import epoch
+from .loop import (
+    BACKWARD_BEGIN,
+    BACKWARD_END,
+    EPOCH_BEGIN,
+    EPOCH_END,
+    LOSS_BEGIN,
+    STEP_BEGIN,
+    STEP_END,
+    epoch,
+)
 from .phases import Phase, TrainingPhase, ValidationPhase
 from .protect import protect
 from .state import Batch, Data, State, as_data
@@ -63,13 +72,19 @@ BUILTIN_EVENTS: tuple[type[Event], ...] = (
 )
 _FIT_PHASE = Phase()
 _FIT_BEGIN, _FIT_END = FitBegin(), FitEnd()
-#: The (event, phase) pairs of the built-in loop, planned when the callbacks are set.
-_STEP_PHASES = (TrainingPhase(), ValidationPhase())
-_BUILTIN_PAIRS: tuple[tuple[Event, Phase], ...] = tuple(
-    (event(), phase)
-    for event in BUILTIN_EVENTS
-    for phase in ((_FIT_PHASE,) if event in (FitBegin, FitEnd) else _STEP_PHASES)
+_TRAINING, _VALIDATION = TrainingPhase(), ValidationPhase()
+#: The (event, phase) pairs of the built-in loop, planned when the callbacks are set. They are
+#: the objects the loop fires, so the plan lookups find them by identity.
+_BUILTIN_PAIRS: tuple[tuple[Event, Phase], ...] = (
+    (_FIT_BEGIN, _FIT_PHASE), (_FIT_END, _FIT_PHASE),
+    *((event, phase)
+      for event in (EPOCH_BEGIN, STEP_BEGIN, LOSS_BEGIN, BACKWARD_BEGIN, BACKWARD_END, STEP_END,
+                    EPOCH_END)
+      for phase in (_TRAINING, _VALIDATION)),
 )
+#: Cached plans (and identity entries) above which the cache starts afresh: events made anew
+#: for every fire would otherwise fill it.
+_MAX_PLANS = 1024
 
 
 @attrs.frozen
@@ -140,7 +155,8 @@ class Learner:
         self.cbstate = State()
         self.scaler = None
         self.epoch_phases: tuple[Phase, ...] = ()
-        self._plans: dict[tuple[Event, Phase], tuple[Handler, ...]] = {}
+        # (event, phase) -> plan, and (id(event), id(phase)) -> (plan, event, phase)
+        self._plans: dict[tuple[Any, Any], Any] = {}
         self._stale = False
         roots = list(callbacks)
         if use_default_callbacks:
@@ -200,11 +216,28 @@ class Learner:
 
     def handle(self, event: Event, phase: Phase) -> None:
         """Fire `event` in `phase`: run the handlers of every callback that has one."""
-        plan = self._plans.get((event, phase))
-        if plan is None:
-            plan = self._plan(event, phase)
+        # The loop fires the same event and phase objects every step: find their plan by
+        # identity, which needs no Python-level __hash__. The entry holds both objects, so
+        # their ids cannot be reused while it exists.
+        entry = self._plans.get((id(event), id(phase)))
+        if entry is None:
+            entry = self._plan_entry(event, phase)
+        plan = entry[0]
         if plan:
             self.executor.run(event, phase, plan)
+
+    def _plan_entry(self, event: Event, phase: Phase) -> tuple[tuple[Handler, ...], Event, Phase]:
+        """The plan of an equal (event, phase), or a new one; remembered by identity too."""
+        plans = self._plans
+        plan = plans.get((event, phase))
+        if plan is None:
+            plan = self._plan(event, phase)
+        if len(plans) >= _MAX_PLANS:
+            plans.clear()
+            plans[(event, phase)] = plan
+        entry = (plan, event, phase)
+        plans[(id(event), id(phase))] = entry
+        return entry
 
     # -- callbacks -----------------------------------------------------------------------------
 
@@ -304,9 +337,9 @@ class Learner:
                     "fit has no data: pass data=(train, valid) to fp.Learner(...) or to fit(...), "
                     "or phases=[(phase, data), ...]."
                 )
-            plan = [(TrainingPhase(), self.data.training)]
+            plan = [(_TRAINING, self.data.training)]
             if self.data.validation is not None:
-                plan.append((ValidationPhase(), self.data.validation))
+                plan.append((_VALIDATION, self.data.validation))
         else:
             plan = []
             for item in phases:
