@@ -123,10 +123,6 @@ class Checkpointer(UnsafeCallback):
         self.epoch = int(state["epoch"])
         self.scores = {str(k): float(v) for k, v in state["scores"].items()}
 
-    def files(self) -> list[Path]:
-        """The complete checkpoints in the folder, oldest first."""
-        return [path for _, path in checkpoint_files(self.folder)]
-
     def _save(self, epoch: int, state: dict) -> None:
         _remove_leftovers(self.folder)
         write_atomically(state, self.folder / f"epoch-{epoch:04d}.pt")
