@@ -155,6 +155,7 @@ class Learner:
         self.cbstate = State()
         self.scaler = None
         self.epoch_phases: tuple[Phase, ...] = ()
+        self.closing_epoch: Phase | None = None  # the phase whose EpochEnd is running
         # (event, phase) -> plan, and (id(event), id(phase)) -> (plan, event, phase)
         self._plans: dict[tuple[Any, Any], Any] = {}
         self._stale = False
@@ -193,6 +194,7 @@ class Learner:
         if self._stale:
             self._set_callbacks(self._roots, init=False)
         epochs, reason = 0, None
+        self.closing_epoch = None
         try:
             self.handle(_FIT_BEGIN, _FIT_PHASE)
             for _ in range(n_epochs):
@@ -202,16 +204,22 @@ class Learner:
                 epochs += 1
         except CancelFitException as stop:
             reason = str(stop) or "CancelFitException"
+            if plan and self.closing_epoch is not None and self.closing_epoch == plan[-1][0]:
+                epochs += 1  # stopped at the EpochEnd of the round's last phase: it ran
         except BaseException as exc:
             try:
                 self.handle(_FIT_END, _FIT_PHASE)
             except Exception as end_exc:
                 exc.add_note(f"FitEnd handlers also failed: {end_exc!r}")
+            finally:
+                self.executor.close()
             raise
         try:
             self.handle(_FIT_END, _FIT_PHASE)
         except CancelFitException as stop:  # raised at FitEnd: skips its remaining handlers
             reason = reason or str(stop) or "CancelFitException"
+        finally:
+            self.executor.close()  # threads are not kept between fits; a pool restarts lazily
         return FitResult(epochs, reason)
 
     def handle(self, event: Event, phase: Phase) -> None:

@@ -152,8 +152,12 @@ def run_epoch(learner, phase: Phase) -> Iterator[None]:
 
 
 def _end_epoch(learner, phase: Phase) -> None:
+    # Remembered while EpochEnd runs, so a CancelFitException raised there (early stopping)
+    # still counts the epoch as run in the FitResult.
+    learner.closing_epoch = phase
     with suppress(CancelEpochException):  # raised at EpochEnd: skips its remaining handlers
         learner.handle(EPOCH_END, phase)
+    learner.closing_epoch = None
 
 
 @contextmanager

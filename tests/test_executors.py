@@ -364,3 +364,19 @@ def test_threaded_executor_never_overlaps_conflicting_handlers(pool, scenario):
     for handler in plan:
         for before in handler.after:
             assert MONITOR.finished[before.callback] < MONITOR.started[handler.callback]
+
+
+def test_the_learner_closes_its_executor_when_fit_ends():
+    class Closing(fp.SerialExecutor):
+        closed = 0
+
+        def close(self):
+            self.closed += 1
+
+    executor = Closing()
+    learner = test_learner(executor=executor)
+    learner.fit(1)
+    assert executor.closed == 1
+    with pytest.raises(fp.BadBatchError):
+        learner.fit(1, phases=[(fp.TrainingPhase(), [(1, 2, 3)])])
+    assert executor.closed == 2  # also when fit ends with an error

@@ -383,3 +383,9 @@ def test_unsafe_callback_gets_the_raw_learner():
     learner.fit(1)
     assert learner.view(cb) is learner
     assert seen == [learner]
+
+
+def test_a_callable_read_under_read_is_itself_and_can_be_called():
+    view, learner = _view(fp.Access(loss_fn=fp.Read()))
+    assert view.loss_fn is learner.loss_fn
+    assert view.loss_fn(torch.ones(2), torch.zeros(2)).item() == 1.0

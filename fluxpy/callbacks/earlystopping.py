@@ -17,10 +17,13 @@ import math
 import attrs
 
 from ..access import Access, Read
-from ..callback import Callback, on, stateaccess
+from ..callback import Callback, on, runafter, stateaccess
 from ..errors import CancelFitException
 from ..events import EpochEnd
 from ..phases import Phase, ValidationPhase
+from .logging import LogMetrics
+from .printer import MetricsPrinter
+from .recorder import Recorder
 
 __all__ = ["EarlyStopping"]
 
@@ -91,6 +94,13 @@ class EarlyStopping(Callback):
 @stateaccess.dispatch
 def _earlystopping_access(cb: EarlyStopping):
     return Access(cbstate=Access(metricsepoch=Read()))
+
+
+@runafter.dispatch
+def _earlystopping_after(cb: EarlyStopping):
+    # Stopping at EpochEnd skips the handlers after it: let the epoch be counted, printed and
+    # logged first. (The Checkpointer runs after every callback and saves at FitEnd.)
+    return (Recorder, MetricsPrinter, LogMetrics)
 
 
 @on.dispatch

@@ -1,5 +1,7 @@
 """EarlyStopping: stops fit normally once a monitored epoch metric stops improving."""
 
+import io
+
 import pytest
 
 import fluxpy as fp
@@ -88,3 +90,20 @@ def test_mode_must_be_min_or_max():
 def test_patience_must_be_a_positive_int():
     with pytest.raises(ValueError, match="patience is a number of epochs >= 1"):
         fp.EarlyStopping(0)
+
+
+def test_fit_result_counts_the_epoch_it_stopped_at():
+    learner = test_learner(fp.EarlyStopping(3), fp.Metrics(), fp.Recorder(), lr=0.0)
+    result = learner.fit(10)
+    assert result.epochs == 4
+    assert learner.cbstate.history[fp.ValidationPhase()].epochs == 4
+    assert result.stop_reason.startswith("EarlyStopping: valid loss did not improve")
+
+
+def test_the_stopping_epoch_is_printed_before_fit_ends():
+    out = io.StringIO()
+    learner = test_learner(fp.EarlyStopping(2), fp.Metrics(), fp.MetricsPrinter(file=out), lr=0.0)
+    learner.fit(10)
+    rows = [line for line in out.getvalue().splitlines() if line.lstrip()[:1].isdigit()]
+    assert [row.split("│")[0].strip() for row in rows] == ["1", "2", "3"]
+    assert all(len(row.split("│")) == 3 for row in rows)  # epoch, train loss, valid loss
