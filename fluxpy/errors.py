@@ -84,10 +84,11 @@ class CallbackDeclarationError(CallbackGraphError, TypeError):
 class WriteConflictError(CallbackGraphError):
     """Two callbacks write overlapping state and nothing says which goes first."""
 
-    def __init__(self, first: object, second: object, paths: Sequence[tuple[str, str]]):
+    def __init__(self, first: object, second: object, paths: Sequence[tuple[str, str]],
+                 names: tuple[str, str] | None = None):
         self.callbacks = (first, second)
         self.paths = tuple(paths)
-        a, b = _name(first), _name(second)
+        a, b = names or (_name(first), _name(second))
         ta, tb = type(first).__name__, type(second).__name__
         lines = [f"Write conflict between {a} and {b}:"]
         for pa, pb in self.paths:
@@ -105,10 +106,11 @@ class WriteConflictError(CallbackGraphError):
 class UnresolvableConflictError(CallbackGraphError):
     """`resolveconflict` said two callbacks cannot be used together."""
 
-    def __init__(self, first: object, second: object, paths: Sequence[tuple[str, str]]):
+    def __init__(self, first: object, second: object, paths: Sequence[tuple[str, str]],
+                 names: tuple[str, str] | None = None):
         self.callbacks = (first, second)
         self.paths = tuple(paths)
-        a, b = _name(first), _name(second)
+        a, b = names or (_name(first), _name(second))
         shared = ", ".join(f"learner.{pa} / learner.{pb}" for pa, pb in self.paths)
         super().__init__(
             f"{a} and {b} cannot be used together: resolveconflict says fp.Unresolvable() "

@@ -147,9 +147,9 @@ def _resolve(cbs, names, i, j, shared, add, exclusive) -> None:
         answer = _resolution(b, a)
     rendered = [(render_path(p), render_path(q)) for p, q in shared]
     if isinstance(answer, NotDefined):
-        raise WriteConflictError(a, b, rendered)
+        raise WriteConflictError(a, b, rendered, (names[i], names[j]))
     if isinstance(answer, Unresolvable):
-        raise UnresolvableConflictError(a, b, rendered)
+        raise UnresolvableConflictError(a, b, rendered, (names[i], names[j]))
     if isinstance(answer, NoConflict):
         exclusive.add((i, j))
         return

@@ -579,3 +579,8 @@ def test_to_dot():
         '    c3 -> c4 [dir=none, style=dashed, label="no conflict"];',
         "}",
     ])
+
+
+def test_a_conflict_between_two_callbacks_of_one_type_names_them_apart():
+    with pytest.raises(fp.WriteConflictError, match=r"between ToDevice#1 and ToDevice#2"):
+        fp.build_graph([fp.ToDevice("cpu"), fp.ToDevice("cpu")])
