@@ -234,6 +234,15 @@ class Learner:
         if plan:
             self.executor.run(event, phase, plan)
 
+    def _handled(self, phase: Phase, events: tuple[Event, ...]) -> tuple[bool, ...]:
+        """Whether each of `events` has handlers in `phase`. Kept with the plans (so it is
+        dropped with them); `events` is one of the loop's constant tuples."""
+        entry = self._plans.get((id(events), id(phase)))
+        if entry is None:
+            flags = tuple(bool(self._plan_entry(event, phase)[0]) for event in events)
+            entry = self._plans[(id(events), id(phase))] = (flags, events, phase)
+        return entry[0]
+
     def _plan_entry(self, event: Event, phase: Phase) -> tuple[tuple[Handler, ...], Event, Phase]:
         """The plan of an equal (event, phase), or a new one; remembered by identity too."""
         plans = self._plans

@@ -41,6 +41,7 @@ from .events import (
     BackwardEnd,
     EpochBegin,
     EpochEnd,
+    Event,
     LossBegin,
     StepBegin,
     StepEnd,
@@ -203,24 +204,42 @@ def update_parameters(learner) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
+#: The events of the built-in steps, in the order they fire. The steps skip the events that
+#: have no handlers: `Learner._handled` says which have, and is asked again after each event
+#: that ran handlers (a handler may register a method or add a callback).
+_TRAINING_EVENTS = (STEP_BEGIN, LOSS_BEGIN, BACKWARD_BEGIN, BACKWARD_END, STEP_END)
+_VALIDATION_EVENTS = (STEP_BEGIN, LOSS_BEGIN, STEP_END)
+
+
+def _fire(learner, event: Event, phase: Phase, events: tuple[Event, ...]) -> tuple[bool, ...]:
+    """Fire `event`; then which of `events` have handlers (the handlers may have changed it)."""
+    learner.handle(event, phase)
+    return learner._handled(phase, events)
+
+
 @step.dispatch
 def _training_step(learner, phase: AbstractTrainingPhase, batch):
     xs, ys = _unpack(batch, phase)
     learner.batch = Batch(xs=xs, ys=ys, update=True)
-    handle = learner.handle
+    events = _TRAINING_EVENTS
+    fires = learner._handled(phase, events)
     backward_done = False
     try:
-        handle(STEP_BEGIN, phase)
+        if fires[0]:
+            fires = _fire(learner, STEP_BEGIN, phase, events)
         state = learner.batch
         state.preds = learner.model(state.xs)
-        handle(LOSS_BEGIN, phase)
+        if fires[1]:
+            fires = _fire(learner, LOSS_BEGIN, phase, events)
         state = learner.batch
         state.loss = _loss(learner, state, phase)
-        handle(BACKWARD_BEGIN, phase)
+        if fires[2]:
+            fires = _fire(learner, BACKWARD_BEGIN, phase, events)
         state = learner.batch
         state.loss.backward()
         backward_done = True
-        handle(BACKWARD_END, phase)
+        if fires[3]:
+            fires = _fire(learner, BACKWARD_END, phase, events)
         if learner.batch.update:
             update_parameters(learner)
     except BaseException as exc:
@@ -229,30 +248,35 @@ def _training_step(learner, phase: AbstractTrainingPhase, batch):
         if isinstance(exc, CancelStepException):
             return
         raise
-    try:
-        handle(STEP_END, phase)
-    except CancelStepException:  # raised at the closing event: skips its remaining handlers
-        return
+    if fires[4]:
+        try:
+            learner.handle(STEP_END, phase)
+        except CancelStepException:  # raised at the closing event: skips its remaining handlers
+            return
 
 
 @step.dispatch
 def _validation_step(learner, phase: AbstractValidationPhase, batch):
     xs, ys = _unpack(batch, phase)
     learner.batch = Batch(xs=xs, ys=ys)
-    handle = learner.handle
+    events = _VALIDATION_EVENTS
+    fires = learner._handled(phase, events)
     try:
-        handle(STEP_BEGIN, phase)
+        if fires[0]:
+            fires = _fire(learner, STEP_BEGIN, phase, events)
         state = learner.batch
         state.preds = learner.model(state.xs)
-        handle(LOSS_BEGIN, phase)
+        if fires[1]:
+            fires = _fire(learner, LOSS_BEGIN, phase, events)
         state = learner.batch
         state.loss = _loss(learner, state, phase)
     except CancelStepException:
         return
-    try:
-        handle(STEP_END, phase)
-    except CancelStepException:  # raised at the closing event: skips its remaining handlers
-        return
+    if fires[2]:
+        try:
+            learner.handle(STEP_END, phase)
+        except CancelStepException:  # raised at the closing event: skips its remaining handlers
+            return
 
 
 def _unpack(batch: Any, phase: Phase) -> Any:

@@ -120,7 +120,9 @@ class Metrics(Callback):
                              "rename with fp.Metric(fn, name=...)")
         self._means: dict[Phase, dict[str, _WeightedMean]] = {}
         self._active: dict[Phase, tuple[Metric, ...]] = {}
-        self._step: dict[Phase, dict[str, Any]] = {}  # this epoch's cbstate.metricsstep[phase]
+        # Per phase, what a step updates: (loss mean, cbstate.metricsstep[phase], means, active),
+        # so the step handler looks the phase up once.
+        self._steps: dict[Phase, tuple[_WeightedMean, dict, dict, tuple[Metric, ...]]] = {}
 
     def __repr__(self) -> str:
         return f"Metrics({', '.join(m.name for m in self.metrics)})"
@@ -182,21 +184,20 @@ def _metrics_epoch_begin(event: EpochBegin, phase: Phase, cb: Metrics, learner):
             m.fn.reset()
         else:
             cb._means[phase][m.name] = _WeightedMean()
-    cb._step[phase] = learner.cbstate.metricsstep[phase] = {}
+    step = learner.cbstate.metricsstep[phase] = {}
+    cb._steps[phase] = (cb._means[phase]["loss"], step, cb._means[phase], active)
     learner.cbstate.metricsepoch.setdefault(phase, {})
 
 
 @on.dispatch
 def _metrics_step_end(event: StepEnd, phase: Phase, cb: Metrics, learner):
+    loss_mean, step, means, active = cb._steps[phase]
     batch = learner.batch
     ys = batch.ys
     size = _batch_size(ys)
-    means = cb._means[phase]
-    step = cb._step[phase]
     loss = batch.loss.detach()
-    means["loss"].add(loss, size)
+    loss_mean.add(loss, size)
     step["loss"] = loss
-    active = cb._active[phase]
     if active:
         with torch.no_grad():
             preds = batch.preds
