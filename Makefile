@@ -33,6 +33,7 @@ serve-docs: $(VENV)/.installed
 	$(BIN)/mkdocs serve
 
 bench: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
