@@ -43,7 +43,7 @@ def _nan_access(cb: StopOnNaNLoss):
 
 
 def _check(cb: StopOnNaNLoss, loss: torch.Tensor, phase: Phase) -> None:
-    if loss.device.type == "cpu":
+    if loss.is_cpu:  # (not loss.device.type: that makes a device object every step)
         value = loss.item()
         if not math.isfinite(value):
             raise CancelFitException(f"StopOnNaNLoss: the {phase} loss is {value}; stopped "
