@@ -182,7 +182,7 @@ def test_schedulers_of_different_hyperparameters_work_together():
 
 
 def test_two_schedulers_of_the_same_hyperparameter_cannot_be_used_together():
-    with pytest.raises(fp.UnresolvableConflictError, match="Scheduler and Scheduler cannot be"):
+    with pytest.raises(fp.UnresolvableConflictError, match="Scheduler#1 and Scheduler#2 cannot be"):
         test_learner(fp.Scheduler({fp.LearningRate: lambda step: 1e-3}),
                      fp.Scheduler({fp.LearningRate: lambda step: 1e-4}))
 
