@@ -40,6 +40,7 @@ TUTORIALS = ROOT / "tutorials"
 GENERATED = TUTORIALS / "assets" / "generated"
 BENCHMARK_RESULTS = ROOT / "benchmarks" / "results"
 BENCHMARK_MARKER = "<!-- benchmark-results -->"
+_BENCHMARK_ORDER = ("results", "overhead", "threaded", "dispatch")
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<ticks>`{3,})(?P<info>[^`]*)$")
 _NO_TEST = "<!-- no-test -->"
@@ -277,18 +278,22 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
 
 
 def benchmark_results() -> str:
-    """The Markdown tables and plots of `benchmarks/results/`, as the comparison page shows them."""
+    """The Markdown tables and plots of `benchmarks/results/`, as the comparison page shows them:
+    the summary against the targets first, then each benchmark's table with its plot."""
+    missing = "*No results yet: `make bench` writes them to `benchmarks/results/`.*"
     if not BENCHMARK_RESULTS.is_dir():
-        return "*No results yet: `make bench` writes them to `benchmarks/results/`.*"
+        return missing
+    files = sorted(BENCHMARK_RESULTS.glob("*.md")) + sorted(BENCHMARK_RESULTS.glob("*.png"))
+    rank = {stem: i for i, stem in enumerate(_BENCHMARK_ORDER)}
+    files.sort(key=lambda f: (rank.get(f.stem, len(rank)), f.stem, f.suffix != ".md"))
     parts = []
-    for table in sorted(BENCHMARK_RESULTS.glob("*.md")):
-        parts.append(_demote_headings(table.read_text(encoding="utf-8").strip()))
-    for png in sorted(BENCHMARK_RESULTS.glob("*.png")):
-        title = png.stem.replace("_", " ")
-        parts.append(f"![{title}](assets/generated/benchmarks/{png.name})")
-    if not parts:
-        return "*No results yet: `make bench` writes them to `benchmarks/results/`.*"
-    return "\n\n".join(parts)
+    for file in files:
+        if file.suffix == ".md":
+            parts.append(_demote_headings(file.read_text(encoding="utf-8").strip()))
+        else:
+            title = file.stem.replace("_", " ")
+            parts.append(f"![{title}](assets/generated/benchmarks/{file.name})")
+    return "\n\n".join(parts) or missing
 
 
 def _demote_headings(text: str) -> str:
