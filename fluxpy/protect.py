@@ -75,19 +75,27 @@ class ProtectedObject:
         _set_node(self, _Node(tree, owner, prefix))
         _set_cache(self, {})
 
-    def __getattr__(self, name: str) -> Any:
-        entry = self._fp_node.entries.get(name)
+    # `__getattribute__` rather than `__getattr__`: with `__getattr__`, every read would first
+    # fail the normal lookup, and CPython builds (and drops) an AttributeError for it.
+    def __getattribute__(self, name: str) -> Any:
+        try:
+            node = _get_node(self)
+        except AttributeError:  # not initialised (copy, pickle): only its own attributes
+            return _object_getattribute(self, name)
+        entry = node.entries.get(name)
         if entry is None:
-            return self._fp_unnamed(name)
+            if name.startswith(("__", "_fp_")):  # the view's own attributes and methods
+                return _object_getattribute(self, name)
+            return _unnamed(self, node, name)
         kind, sub, path = entry
-        value = getattr(self._fp_obj, name)
+        value = getattr(_get_obj(self), name)
         if kind == _RAW:
             return value
         if kind == _READONLY:
             if _READ_KINDS.get(type(value)) is _AS_IS:  # tensors, numbers: no wrapper, no call
                 return value
-            return readonly(value, self._fp_node.owner, path)
-        cache = self._fp_cache
+            return readonly(value, node.owner, path)
+        cache = _get_cache(self)
         hit = cache.get(name)
         if hit is not None and hit[0] is value:
             return hit[1]
@@ -100,18 +108,7 @@ class ProtectedObject:
 
     def _fp_unnamed(self, name: str) -> Any:
         """A read of a name the tree does not list: covered by `base`, or denied."""
-        if name.startswith("__"):
-            raise AttributeError(name)
-        node = self._fp_node
-        if node.base is None:
-            value = getattr(self._fp_obj, name, None)
-            if _is_namespace(value):  # report the full path: learner.batch.loss, not .batch
-                return _Denied(node.owner, node.prefix + name)
-            raise ProtectedError(node.owner, node.prefix + name, "read")
-        value = getattr(self._fp_obj, name)
-        if type(node.base) is Write:
-            return value
-        return readonly(value, node.owner, node.prefix + name)
+        return _unnamed(self, self._fp_node, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         self._fp_check_write(name)
@@ -147,7 +144,25 @@ class ProtectedObject:
         return f"<{where} as {type(node.owner).__name__} may see it>"
 
 
+def _unnamed(view: ProtectedObject, node: _Node, name: str) -> Any:
+    """A read of a name the tree does not list: covered by `base`, or denied."""
+    if node.base is None:
+        value = getattr(_get_obj(view), name, None)
+        if _is_namespace(value):  # report the full path: learner.batch.loss, not .batch
+            return _Denied(node.owner, node.prefix + name)
+        raise ProtectedError(node.owner, node.prefix + name, "read")
+    value = getattr(_get_obj(view), name)
+    if type(node.base) is Write:
+        return value
+    return readonly(value, node.owner, node.prefix + name)
+
+
+# The view's slots, read and written without going through its own attribute methods.
+_object_getattribute = object.__getattribute__
 _new_view = object.__new__
+_get_obj = ProtectedObject._fp_obj.__get__  # type: ignore[attr-defined]
+_get_node = ProtectedObject._fp_node.__get__  # type: ignore[attr-defined]
+_get_cache = ProtectedObject._fp_cache.__get__  # type: ignore[attr-defined]
 _set_obj = ProtectedObject._fp_obj.__set__  # type: ignore[attr-defined]
 _set_node = ProtectedObject._fp_node.__set__  # type: ignore[attr-defined]
 _set_cache = ProtectedObject._fp_cache.__set__  # type: ignore[attr-defined]
