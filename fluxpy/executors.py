@@ -59,11 +59,15 @@ class Handler:
         except _CONTROL_FLOW:
             raise
         except Exception as exc:
-            exc.add_note(
-                f"raised by the handler of {self.name} for {self.event} in {self.phase} "
-                f"({self.method.__module__}.{self.method.__qualname__})"
-            )
+            self.note(exc)
             raise
+
+    def note(self, exc: BaseException) -> None:
+        """Add the PEP 678 note naming this handler's callback, event, phase and method."""
+        exc.add_note(
+            f"raised by the handler of {self.name} for {self.event} in {self.phase} "
+            f"({self.method.__module__}.{self.method.__qualname__})"
+        )
 
     def __repr__(self) -> str:
         return f"Handler({self.name} on {self.event} in {self.phase})"
@@ -85,8 +89,14 @@ class SerialExecutor(Executor):
     """Runs handlers one after the other in topological order."""
 
     def run(self, event: Any, phase: Any, handlers: Sequence[Handler]) -> None:
-        for handler in handlers:
-            handler()
+        for h in handlers:  # what `h()` does, without a call frame per handler
+            try:
+                h.method(h.event, h.phase, h.callback, h.learner)
+            except _CONTROL_FLOW:
+                raise
+            except Exception as exc:
+                h.note(exc)
+                raise
 
 
 class ThreadedExecutor(Executor):

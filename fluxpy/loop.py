@@ -219,7 +219,7 @@ def _fire(learner, event: Event, phase: Phase, events: tuple[Event, ...]) -> tup
 
 @step.dispatch
 def _training_step(learner, phase: AbstractTrainingPhase, batch):
-    xs, ys = _unpack(batch, phase)
+    xs, ys = batch if type(batch) is tuple and len(batch) == 2 else _unpack(batch, phase)
     learner.batch = Batch(xs=xs, ys=ys, update=True)
     events = _TRAINING_EVENTS
     fires = learner._handled(phase, events)
@@ -257,7 +257,7 @@ def _training_step(learner, phase: AbstractTrainingPhase, batch):
 
 @step.dispatch
 def _validation_step(learner, phase: AbstractValidationPhase, batch):
-    xs, ys = _unpack(batch, phase)
+    xs, ys = batch if type(batch) is tuple and len(batch) == 2 else _unpack(batch, phase)
     learner.batch = Batch(xs=xs, ys=ys)
     events = _VALIDATION_EVENTS
     fires = learner._handled(phase, events)
@@ -304,6 +304,8 @@ def _loss(learner, state: Batch, phase: Phase) -> Any:
                      f"{_describe(state.preds)} and ys {_describe(state.ys)}: check that the "
                      "model's output fits the loss function and the labels")
         raise
+    if type(loss) is torch.Tensor and loss.ndim == 0:  # the usual case, without a call
+        return loss
     return _check_loss(loss, phase)
 
 
