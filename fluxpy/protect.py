@@ -68,18 +68,17 @@ class _Node:
 class ProtectedObject:
     """An object seen through a permission tree; nested namespaces are protected too."""
 
-    __slots__ = ("_fp_cache", "_fp_node", "_fp_obj")
+    # One slot, `(object, node, sub-view cache)`: a read fetches all three with one call.
+    __slots__ = ("_fp_state",)
 
     def __init__(self, obj: Any, tree: Access, owner: Any, prefix: str) -> None:
-        _set_obj(self, obj)
-        _set_node(self, _Node(tree, owner, prefix))
-        _set_cache(self, {})
+        _set_state(self, (obj, _Node(tree, owner, prefix), {}))
 
     # `__getattribute__` rather than `__getattr__`: with `__getattr__`, every read would first
     # fail the normal lookup, and CPython builds (and drops) an AttributeError for it.
     def __getattribute__(self, name: str) -> Any:
         try:
-            node = _get_node(self)
+            obj, node, cache = _get_state(self)
         except AttributeError:  # not initialised (copy, pickle): only its own attributes
             return _object_getattribute(self, name)
         entry = node.entries.get(name)
@@ -88,23 +87,28 @@ class ProtectedObject:
                 return _object_getattribute(self, name)
             return _unnamed(self, node, name)
         kind, sub, path = entry
-        value = getattr(_get_obj(self), name)
+        value = getattr(obj, name)
         if kind == _RAW:
             return value
         if kind == _READONLY:
             if _READ_KINDS.get(type(value)) is _AS_IS:  # tensors, numbers: no wrapper, no call
                 return value
             return readonly(value, node.owner, path)
-        cache = _get_cache(self)
         hit = cache.get(name)
         if hit is not None and hit[0] is value:
             return hit[1]
         view = _new_view(ProtectedObject)  # the namespace was replaced (a new batch each step)
-        _set_obj(view, value)
-        _set_node(view, sub)
-        _set_cache(view, {})
+        _set_state(view, (value, sub, {}))
         cache[name] = (value, view)
         return view
+
+    @property
+    def _fp_obj(self) -> Any:
+        return _get_state(self)[0]
+
+    @property
+    def _fp_node(self) -> _Node:
+        return _get_state(self)[1]
 
     def _fp_unnamed(self, name: str) -> Any:
         """A read of a name the tree does not list: covered by `base`, or denied."""
@@ -147,11 +151,11 @@ class ProtectedObject:
 def _unnamed(view: ProtectedObject, node: _Node, name: str) -> Any:
     """A read of a name the tree does not list: covered by `base`, or denied."""
     if node.base is None:
-        value = getattr(_get_obj(view), name, None)
+        value = getattr(_get_state(view)[0], name, None)
         if _is_namespace(value):  # report the full path: learner.batch.loss, not .batch
             return _Denied(node.owner, node.prefix + name)
         raise ProtectedError(node.owner, node.prefix + name, "read")
-    value = getattr(_get_obj(view), name)
+    value = getattr(_get_state(view)[0], name)
     if type(node.base) is Write:
         return value
     return readonly(value, node.owner, node.prefix + name)
@@ -160,12 +164,8 @@ def _unnamed(view: ProtectedObject, node: _Node, name: str) -> Any:
 # The view's slots, read and written without going through its own attribute methods.
 _object_getattribute = object.__getattribute__
 _new_view = object.__new__
-_get_obj = ProtectedObject._fp_obj.__get__  # type: ignore[attr-defined]
-_get_node = ProtectedObject._fp_node.__get__  # type: ignore[attr-defined]
-_get_cache = ProtectedObject._fp_cache.__get__  # type: ignore[attr-defined]
-_set_obj = ProtectedObject._fp_obj.__set__  # type: ignore[attr-defined]
-_set_node = ProtectedObject._fp_node.__set__  # type: ignore[attr-defined]
-_set_cache = ProtectedObject._fp_cache.__set__  # type: ignore[attr-defined]
+_get_state = ProtectedObject._fp_state.__get__  # type: ignore[attr-defined]
+_set_state = ProtectedObject._fp_state.__set__  # type: ignore[attr-defined]
 
 
 def _is_namespace(value: Any) -> bool:
