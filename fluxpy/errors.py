@@ -63,7 +63,8 @@ class ProtectedError(PermissionError):
         msg = f"{name} may not {verb} learner.{path}: add it to stateaccess({name})"
         if granted:
             msg += f" (it has {granted} there)"
-        msg += f", e.g. {perm} at {path!r} in the fp.Access tree that stateaccess returns."
+        msg += (f", e.g. {perm} at {_grant_point(path)!r} in the fp.Access tree that "
+                "stateaccess returns.")
         super().__init__(msg)
 
     def __reduce__(self):
@@ -196,6 +197,16 @@ class CheckpointError(ValueError):
 
     def __reduce__(self):
         return (type(self), (self.path, self.problem))
+
+
+def _grant_point(path: str) -> str:
+    """The attribute path an Access tree grants `path` at: trees name attributes, not the
+    items of containers (`cbstate.history[TrainingPhase].steps` -> `cbstate.history`) nor
+    methods (`cbstate.history.clear()` -> `cbstate.history`)."""
+    path = path.split("[", 1)[0]
+    if path.endswith("()"):
+        path = path[:-2].rpartition(".")[0] or path[:-2]
+    return path
 
 
 def _name(obj: Any) -> str:

@@ -389,3 +389,10 @@ def test_a_callable_read_under_read_is_itself_and_can_be_called():
     view, learner = _view(fp.Access(loss_fn=fp.Read()))
     assert view.loss_fn is learner.loss_fn
     assert view.loss_fn(torch.ones(2), torch.zeros(2)).item() == 1.0
+
+
+def test_a_denied_write_into_a_container_suggests_the_attribute_to_grant():
+    view, learner = _view(fp.Access(cbstate=fp.Access(history=fp.Read())), fp.Recorder())
+    learner.fit(1)
+    with pytest.raises(fp.ProtectedError, match=_msg("e.g. fp.Write() at 'cbstate.history' in")):
+        view.cbstate.history[fp.TrainingPhase()].steps = 0

@@ -68,6 +68,10 @@ def _printer_epoch_end(event: EpochEnd, phase: Phase, cb: MetricsPrinter, learne
     for name, series in values.items():
         if len(series):
             cb._row[f"{label} {name}"] = series[-1]
+    if phase == cb._first and len(values.get("loss", ())):
+        # The epoch number comes from the recorded metrics, so it keeps counting after a
+        # checkpoint is loaded into a new learner.
+        cb._epoch = len(values["loss"]) - 1
 
 
 @on.dispatch

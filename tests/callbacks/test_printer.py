@@ -78,3 +78,15 @@ def test_last_row_is_printed_when_fit_is_cancelled():
 def test_needs_metrics():
     assert fp.stateaccess(fp.MetricsPrinter()) == fp.Access(
         cbstate=fp.Access(metricsepoch=fp.Read()))
+
+
+def test_epochs_keep_counting_in_a_new_learner_that_loaded_a_checkpoint(tmp_path):
+    first = test_learner(fp.Recorder(), fp.Metrics(), fp.MetricsPrinter(file=io.StringIO()))
+    first.fit(2)
+    fp.save_checkpoint(first, tmp_path / "two.pt")
+    out = io.StringIO()
+    second = test_learner(fp.Recorder(), fp.Metrics(), fp.MetricsPrinter(file=out))
+    fp.load_checkpoint(second, tmp_path / "two.pt")
+    second.fit(2)
+    rows = [line for line in out.getvalue().splitlines() if line.lstrip()[:1].isdigit()]
+    assert [row.split("│")[0].strip() for row in rows] == ["3", "4"]

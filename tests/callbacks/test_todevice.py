@@ -97,5 +97,5 @@ def test_to_device_leaves_tensors_already_there_alone():
 
 
 def test_two_todevice_callbacks_conflict():
-    with pytest.raises(fp.WriteConflictError, match="Write conflict between ToDevice#1 and ToDevice#2"):
+    with pytest.raises(fp.WriteConflictError, match="between ToDevice#1 and ToDevice#2"):
         test_learner(fp.ToDevice("cpu"), fp.ToDevice("cpu"))
