@@ -5,9 +5,11 @@ examples, 64 validation batches, 10 classes), SGD, cross-entropy, one thread. Ev
 runs one training and one validation epoch per fit, from the same initial weights; only the
 fit is timed (models, optimizers, learners and trainers are built before the clock starts).
 
-Variants run interleaved, in a rotated order each repeat, after one warm-up fit each. Each
-repeat's time is divided by the time of the raw loop that calls `loss.item()` every step in
-the same repeat; the table shows the median of those ratios and their spread (min-max).
+Variants run interleaved, after warm-up fits: for the small models each variant's fit is
+paired with a fit of the raw loop that calls `loss.item()` every step, and its time divided
+by that fit's; the table shows the median of those ratios over the rounds and their spread
+(min-max). CPU time is the primary measure (other processes on a shared machine do not
+inflate it); wall-clock ratios are shown too.
 
     python benchmarks/overhead.py                 # all sizes, default repeats
     python benchmarks/overhead.py --sizes tiny --repeats 21
@@ -19,12 +21,17 @@ import argparse
 import importlib.util
 import io
 import itertools
+import json
 import logging
+import os
+import platform
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -38,9 +45,16 @@ SIZES: dict[str, tuple[int, ...]] = {
     "medium": (128, 512, 512, 10),
     "large": (512, 2048, 2048, 10),
 }
-#: Timed repeats per size in the default run (after one warm-up fit of every variant).
-REPEATS = {"tiny": 21, "medium": 7, "large": 3}
+#: Timed rounds per size in the default run (one fit of every variant per round), and the
+#: untimed rounds before them. The large model's fits take seconds each: fewer rounds there.
+REPEATS = {"tiny": 21, "medium": 5, "large": 2}
+WARMUP = {"tiny": 1, "medium": 1, "large": 0}
+#: Whether each variant's fits are paired with baseline fits (see `measure`); the large
+#: model's fits take long enough that the machine's drift matters little there.
+PAIRED = {"tiny": True, "medium": True, "large": False}
 BASELINE = "raw (.item() per step)"
+#: The two variants whose training-step times show what 20 EpochEnd-only callbacks cost.
+STEP_VARIANTS = ("fluxpy: defaults, no progress bar", "fluxpy: defaults + 20 EpochEnd-only")
 
 
 @dataclass
@@ -175,6 +189,8 @@ def lightning(w: Workload) -> Callable[[], None]:
     """`Trainer.fit` with the progress bar, logger, checkpointing and summary off."""
     import lightning as L
 
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # no banners
+        logging.getLogger(name).setLevel(logging.ERROR)
     model, opt = model_and_optimizer(w)
 
     class Module(L.LightningModule):
@@ -237,102 +253,229 @@ def available_variants() -> tuple[list[Variant], list[str]]:
     return have, skipped
 
 
-def measure(size: str, repeats: int, variants: list[Variant]) -> dict[str, list[float]]:
-    """Seconds per fit of each variant: one warm-up each, then `repeats` interleaved rounds."""
+def measure(size: str, repeats: int, warmup: int, paired: bool,
+            variants: list[Variant]) -> dict[str, Times]:
+    """CPU and wall seconds per fit of each variant, and of the baseline fit it is compared
+    with. Paired: each variant runs right next to a fit of the baseline (which goes first
+    alternates by round), so a slow spell of the machine hits both. Otherwise one fit of each
+    variant per round, in an order rotated every round, compared with that round's baseline."""
     w = make_workload(SIZES[size])
-    times: dict[str, list[float]] = {v.name: [] for v in variants}
-    for v in variants:  # warm-up: allocator, plum caches, lazy imports
-        v.prepare(w)()
+    base = next(v for v in variants if v.name == BASELINE)
+    times = {v.name: Times() for v in variants}
+    for _ in range(warmup):  # allocator, plum caches, lazy imports
+        for v in variants:
+            v.prepare(w)()
     for r in range(repeats):
         order = variants[r % len(variants):] + variants[:r % len(variants)]
-        for v in order:
-            fit = v.prepare(w)
-            start = time.perf_counter()
-            fit()
-            times[v.name].append(time.perf_counter() - start)
+        if paired:
+            for v in order:
+                if v is base:
+                    continue
+                first, second = (base, v) if r % 2 == 0 else (v, base)
+                got = {first.name: _fit_seconds(first, w), second.name: _fit_seconds(second, w)}
+                times[v.name].add(got[v.name], got[base.name])
+                times[base.name].add(got[base.name], got[base.name])
+        else:
+            got = {v.name: _fit_seconds(v, w) for v in order}
+            for v in variants:
+                times[v.name].add(got[v.name], got[base.name])
+        print(f"  {size}: round {r + 1}/{repeats} done", file=sys.stderr, flush=True)
     return times
+
+
+def _fit_seconds(variant: Variant, w: Workload) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of one fit; building the model and learner is not timed."""
+    fit = variant.prepare(w)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fit()
+    return time.process_time() - cpu, time.perf_counter() - wall
+
+
+@dataclass
+class Times:
+    """Seconds of a variant's fits, and of the baseline fits they are compared with."""
+
+    cpu: list[float] = field(default_factory=list)
+    wall: list[float] = field(default_factory=list)
+    base_cpu: list[float] = field(default_factory=list)
+    base_wall: list[float] = field(default_factory=list)
+
+    def add(self, own: tuple[float, float], base: tuple[float, float]) -> None:
+        self.cpu.append(own[0])
+        self.wall.append(own[1])
+        self.base_cpu.append(base[0])
+        self.base_wall.append(base[1])
+
+
+@dataclass(frozen=True)
+class Spread:
+    """The median of per-round ratios to the baseline, and their min and max."""
+
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, times: list[float], base: list[float]) -> Spread:
+        ratios = [t / b for t, b in zip(times, base)]
+        return cls(statistics.median(ratios), min(ratios), max(ratios))
+
+    def __str__(self) -> str:
+        return f"{self.median:.3f} ({self.low:.2f}-{self.high:.2f})"
 
 
 @dataclass(frozen=True)
 class Row:
     size: str
     variant: str
-    seconds: float  # median seconds per fit
-    ratio: float  # median of the per-repeat ratios to the baseline
-    low: float  # min and max of those ratios
-    high: float
-    repeats: int
+    seconds: float  # median CPU seconds per fit
+    cpu: Spread  # ratio of CPU times
+    wall: Spread  # ratio of wall-clock times
+    rounds: int
 
 
-def summarize(size: str, times: dict[str, list[float]]) -> list[Row]:
-    base = times[BASELINE]
-    rows = []
-    for name, ts in times.items():
-        ratios = [t / b for t, b in zip(ts, base)]
-        rows.append(Row(size, name, statistics.median(ts), statistics.median(ratios),
-                        min(ratios), max(ratios), len(ts)))
-    return rows
+def summarize(size: str, rounds: int, times: dict[str, Times]) -> list[Row]:
+    return [Row(size, name, statistics.median(t.cpu), Spread.of(t.cpu, t.base_cpu),
+                Spread.of(t.wall, t.base_wall), rounds) for name, t in times.items()]
 
 
-def run(sizes: list[str], repeats: dict[str, int]) -> tuple[list[Row], list[str]]:
+@dataclass(frozen=True)
+class StepTimes:
+    """Median training-step seconds of two variants, and the spread of their per-round ratio."""
+
+    plain: float
+    extra: float
+    ratio: Spread
+
+
+def step_times(size: str, rounds: int, names: tuple[str, ...] = STEP_VARIANTS) -> StepTimes:
+    """Median seconds of one training step (batch to batch) of the two variants `names`,
+    over `rounds` rounds of one fit each (order alternating), after a warm-up round."""
+    base = make_workload(SIZES[size])
+    by_name = {v.name: v for v in VARIANTS}
+    medians: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds + 1):
+        for name in names if r % 2 == 0 else names[::-1]:
+            stamps: list[float] = []
+            w = Workload(base.sizes, _Stamped(base.train, stamps), base.valid, base.state)
+            by_name[name].prepare(w)()
+            if r:  # the first round warms up
+                medians[name].append(statistics.median(
+                    b - a for a, b in itertools.pairwise(stamps[1:-1])))
+    plain, extra = (medians[n] for n in names)
+    return StepTimes(statistics.median(plain), statistics.median(extra), Spread.of(extra, plain))
+
+
+class _Stamped:
+    """Batches that note the time each one is taken (and when the epoch's data runs out)."""
+
+    def __init__(self, batches: list, stamps: list[float]) -> None:
+        self.batches, self.stamps = batches, stamps
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            self.stamps.append(time.perf_counter())
+            yield batch
+        self.stamps.append(time.perf_counter())
+
+
+@dataclass
+class Results:
+    rows: list[Row]
+    skipped: list[str]
+    steps: StepTimes  # training steps of the defaults, without and with 20 more callbacks
+    load: tuple[float, float]  # 1-minute load average before and after
+
+
+def run(sizes: list[str], repeats: dict[str, int], step_rounds: int = 20) -> Results:
     torch.set_num_threads(1)
-    logging.getLogger("lightning").setLevel(logging.ERROR)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+    load = os.getloadavg()[0]
     variants, skipped = available_variants()
     rows: list[Row] = []
     for size in sizes:
-        rows += summarize(size, measure(size, repeats[size], variants))
-    return rows, skipped
+        times = measure(size, repeats[size], WARMUP[size], PAIRED[size], variants)
+        rows += summarize(size, repeats[size], times)
+    steps = step_times("tiny", step_rounds)
+    return Results(rows, skipped, steps, (load, os.getloadavg()[0]))
 
 
-def step_overhead_of_callbacks(rows: list[Row]) -> dict[str, float]:
-    """Per size: how much the 20 EpochEnd-only callbacks add to the defaults' fit time."""
-    out = {}
-    for size in dict.fromkeys(r.size for r in rows):
-        by = {r.variant: r for r in rows if r.size == size}
-        out[size] = by["fluxpy: defaults + 20 EpochEnd-only"].ratio / \
-            by["fluxpy: defaults, no progress bar"].ratio - 1
-    return out
-
-
-def markdown(rows: list[Row], skipped: list[str]) -> str:
+def markdown(res: Results) -> str:
+    paired = ", ".join(s for s in SIZES if PAIRED[s])
     lines = [
         "# fluxpy overhead over a raw PyTorch loop",
         "",
         f"MLPs on in-memory batches ({N_TRAIN} training and {N_VALID} validation batches of "
-        f"{BATCH}), SGD, cross-entropy, `torch.set_num_threads(1)`, CPU, torch "
-        f"{torch.__version__}. One training + one validation epoch per fit. Ratio: fit time "
-        f"divided by the time of the raw loop with `loss.item()` every step, measured in the "
-        "same round; median over rounds, spread min-max. Lower is better; 1.00 is the raw loop.",
+        f"{BATCH}, {CLASSES} classes), SGD, cross-entropy, `torch.set_num_threads(1)`, CPU "
+        f"({os.cpu_count()} cores), Python {platform.python_version()}, torch "
+        f"{torch.__version__}. One training + one validation epoch per fit; only the fit is "
+        "timed. Each fit's time is divided by the time of a fit of the raw loop that calls "
+        f"`loss.item()` every step, run next to it ({paired}: each variant's fit paired with "
+        "a baseline fit, which one goes first alternating by round; otherwise one fit of each "
+        "variant per round, order rotated every round). The table gives the median of those "
+        "ratios over the rounds and, in brackets, their min-max. CPU time (process time) is "
+        "not inflated when other processes share the machine; wall-clock time is shown "
+        "beside it. 1.000 is the raw loop; lower is better. Load average: "
+        f"{res.load[0]:.1f} at the start, {res.load[1]:.1f} at the end.",
         "",
-        "| model | variant | median s/fit | ratio (median) | spread (min-max) | repeats |",
+        "| model | variant | CPU s/fit | ratio, CPU time | ratio, wall clock | rounds |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    for r in rows:
+    for r in res.rows:
         dims = "-".join(map(str, SIZES[r.size]))
-        lines.append(f"| {r.size} {dims} | {r.variant} | {r.seconds:.4f} | {r.ratio:.3f} | "
-                     f"{r.low:.3f}-{r.high:.3f} | {r.repeats} |")
-    lines.append("")
-    for size, extra in step_overhead_of_callbacks(rows).items():
-        lines.append(f"- {size}: 20 callbacks that only handle `EpochEnd` change the defaults' "
-                     f"fit time by {100 * extra:+.2f}% (median ratio against median ratio).")
-    if skipped:
-        lines.append(f"- Not installed, skipped: {', '.join(skipped)} "
+        lines.append(f"| {r.size} {dims} | {r.variant} | {r.seconds:.3f} | {r.cpu} | "
+                     f"{r.wall} | {r.rounds} |")
+    st = res.steps
+    lines += [
+        "",
+        f"- 20 callbacks that handle only `EpochEnd`: median training step (tiny MLP, "
+        f"batch to batch) {st.plain * 1e6:.1f} us with the defaults, {st.extra * 1e6:.1f} us "
+        f"with the 20 added; per-round ratio {st.ratio} ({100 * (st.ratio.median - 1):+.2f}%).",
+        "- Warm-up before the timed rounds: " + ", ".join(
+            f"{WARMUP[s]} round(s) for {s}" for s in SIZES) + ".",
+    ]
+    if res.skipped:
+        lines.append(f"- Not installed, skipped: {', '.join(res.skipped)} "
                      "(`pip install -e .[bench]` adds them).")
     return "\n".join(lines) + "\n"
+
+
+def to_json(res: Results) -> dict:
+    st = res.steps
+    return {
+        "sizes": {s: list(d) for s, d in SIZES.items()},
+        "rows": [{"size": r.size, "variant": r.variant, "cpu_seconds": r.seconds,
+                  "ratio": r.cpu.median, "low": r.cpu.low, "high": r.cpu.high,
+                  "wall_ratio": r.wall.median, "rounds": r.rounds} for r in res.rows],
+        "skipped": res.skipped,
+        "steps": {"plain_seconds": st.plain, "extra_seconds": st.extra,
+                  "ratio": st.ratio.median, "low": st.ratio.low, "high": st.ratio.high},
+        "load": res.load,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--repeats", type=int, default=None,
-                        help="timed repeats for every size (default: " +
+                        help="timed rounds for every size (default: " +
                         ", ".join(f"{k} {v}" for k, v in REPEATS.items()) + ")")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    parser.add_argument("--json", type=Path, default=None, help="write the numbers here")
     args = parser.parse_args(argv)
     repeats = {s: args.repeats or REPEATS[s] for s in args.sizes}
-    rows, skipped = run(args.sizes, repeats)
-    print(markdown(rows, skipped))
+    res = run(args.sizes, repeats)
+    text = markdown(res)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(to_json(res), indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -89,8 +89,11 @@ class _WeightedMean:
             values = torch.stack(
                 [torch.as_tensor(v).reshape(()).to(torch.float64) for v in self.values]
             )
-        weights = torch.tensor(self.sizes, dtype=torch.float64, device=values.device)
-        total = values.dot(weights)
+        sizes = self.sizes
+        if sizes.count(sizes[0]) == len(sizes):  # one batch size throughout: no weights tensor
+            total = values.sum() * sizes[0]
+        else:
+            total = values.dot(torch.tensor(sizes, dtype=torch.float64, device=values.device))
         self.partial = total if self.partial is None else self.partial + total
         self.count += sum(self.sizes)
         self.values, self.sizes = [], []
@@ -194,7 +197,7 @@ def _metrics_step_end(event: StepEnd, phase: Phase, cb: Metrics, learner):
     loss_mean, step, means, active = cb._steps[phase]
     batch = learner.batch
     ys = batch.ys
-    size = _batch_size(ys)
+    size = ys.shape[0] if type(ys) is torch.Tensor and ys.ndim else _batch_size(ys)
     loss = batch.loss.detach()
     loss_mean.add(loss, size)
     step["loss"] = loss

@@ -69,12 +69,18 @@ def _nan_epoch_begin(event: EpochBegin, phase: Phase, cb: StopOnNaNLoss, learner
 
 @on.dispatch
 def _nan_training(event: BackwardBegin, phase: AbstractTrainingPhase, cb: StopOnNaNLoss, learner):
-    _check(cb, learner.batch.loss, phase)
+    loss = learner.batch.loss
+    if loss.is_cpu and math.isfinite(loss.item()):  # the usual case on the CPU, inline
+        return
+    _check(cb, loss, phase)
 
 
 @on.dispatch
 def _nan_validation(event: StepEnd, phase: AbstractValidationPhase, cb: StopOnNaNLoss, learner):
-    _check(cb, learner.batch.loss, phase)
+    loss = learner.batch.loss
+    if loss.is_cpu and math.isfinite(loss.item()):  # the usual case on the CPU, inline
+        return
+    _check(cb, loss, phase)
 
 
 @on.dispatch
