@@ -126,6 +126,7 @@ class Metrics(Callback):
         # Per phase, what a step updates: (loss mean, cbstate.metricsstep[phase], means, active),
         # so the step handler looks the phase up once.
         self._steps: dict[Phase, tuple[_WeightedMean, dict, dict, tuple[Metric, ...]]] = {}
+        self._current: tuple = (None, None)  # (phase, its _steps entry) of the latest epoch
 
     def __repr__(self) -> str:
         return f"Metrics({', '.join(m.name for m in self.metrics)})"
@@ -189,12 +190,14 @@ def _metrics_epoch_begin(event: EpochBegin, phase: Phase, cb: Metrics, learner):
             cb._means[phase][m.name] = _WeightedMean()
     step = learner.cbstate.metricsstep[phase] = {}
     cb._steps[phase] = (cb._means[phase]["loss"], step, cb._means[phase], active)
+    cb._current = (phase, cb._steps[phase])
     learner.cbstate.metricsepoch.setdefault(phase, {})
 
 
 @on.dispatch
 def _metrics_step_end(event: StepEnd, phase: Phase, cb: Metrics, learner):
-    loss_mean, step, means, active = cb._steps[phase]
+    current, entry = cb._current
+    loss_mean, step, means, active = entry if current is phase else cb._steps[phase]
     batch = learner.batch
     ys = batch.ys
     size = ys.shape[0] if type(ys) is torch.Tensor and ys.ndim else _batch_size(ys)

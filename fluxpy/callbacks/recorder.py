@@ -37,6 +37,8 @@ class Recorder(Callback):
 
     _histories: dict = attrs.field(factory=dict, init=False, repr=False)
     _started: dict = attrs.field(factory=dict, init=False, repr=False)
+    # (phase, History) of the epoch running now: a step finds its History by identity.
+    _current: tuple = attrs.field(default=(None, None), init=False, repr=False)
 
     def init(self, learner) -> None:
         if "history" not in learner.cbstate:
@@ -56,12 +58,15 @@ def _recorder_epoch_begin(event: EpochBegin, phase: Phase, cb: Recorder, learner
         history[phase] = History()
     history[phase].steps_epoch = 0
     cb._histories = history
+    cb._current = (phase, history[phase])
     cb._started[phase] = time.perf_counter()
 
 
 @on.dispatch
 def _recorder_step_end(event: StepEnd, phase: Phase, cb: Recorder, learner):
-    h = cb._histories[phase]
+    current, h = cb._current
+    if current is not phase:  # not the phase whose epoch began last (or an equal copy of it)
+        h = cb._histories[phase]
     h.steps += 1
     h.steps_epoch += 1
 
