@@ -9,7 +9,7 @@ Each benchmark runs in its own process, one after the other, so none sees anothe
 or threads.
 
     python benchmarks/run_all.py                 # about five minutes on two cores
-    python benchmarks/run_all.py --quick         # fewer rounds: a smoke run
+    python benchmarks/run_all.py --quick         # fewer rounds, into a temporary folder
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -110,21 +111,26 @@ def summary(numbers: dict, threaded: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="few rounds, to check the setup")
+    parser.add_argument("--quick", action="store_true",
+                        help="few rounds, to check the setup (results go to a temporary folder)")
+    parser.add_argument("--out", type=Path, default=None, help="the results folder")
     args = parser.parse_args(argv)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results = args.out or (Path(tempfile.mkdtemp(prefix="fluxpy-bench-")) if args.quick
+                           else RESULTS)
+    results.mkdir(parents=True, exist_ok=True)
     if (HERE / "dispatch.py").exists():
-        run("dispatch.py", "--out", str(RESULTS / "dispatch.md"),
+        run("dispatch.py", "--out", str(results / "dispatch.md"),
             *(("--repeats", "3") if args.quick else ()))
     quick = ("--sizes", "tiny", "medium", "--repeats", "2") if args.quick else ()
-    run("overhead.py", "--out", str(RESULTS / "overhead.md"),
-        "--json", str(RESULTS / "overhead.json"), *quick)
-    run("threaded.py", "--out", str(RESULTS / "threaded.md"))
-    numbers = json.loads((RESULTS / "overhead.json").read_text(encoding="utf-8"))
-    plot(numbers, RESULTS / "overhead.png")
-    text = summary(numbers, (RESULTS / "threaded.md").read_text(encoding="utf-8"))
-    (RESULTS / "results.md").write_text(text, encoding="utf-8")
+    run("overhead.py", "--out", str(results / "overhead.md"),
+        "--json", str(results / "overhead.json"), *quick)
+    run("threaded.py", "--out", str(results / "threaded.md"))
+    numbers = json.loads((results / "overhead.json").read_text(encoding="utf-8"))
+    plot(numbers, results / "overhead.png")
+    text = summary(numbers, (results / "threaded.md").read_text(encoding="utf-8"))
+    (results / "results.md").write_text(text, encoding="utf-8")
     print(text)
+    print(f"== results in {results}")
 
 
 if __name__ == "__main__":
