@@ -27,12 +27,12 @@ import attrs
 import plum
 import torch
 
+from .arguments import flatten_callbacks, make_optimizer, missing_defaults, resolve_device
 from .callback import Callback, UnsafeCallback, on, resolveconflict, runafter, stateaccess
 from .ddp import DistributedTraining
 from .distributed import runs_on_this_rank
 from .errors import (
     AmbiguousHandlerError,
-    CallbackDeclarationError,
     CancelEpochException,
     CancelFitException,
 )
@@ -146,9 +146,9 @@ class Learner:
             )
         self.model = model
         self.loss_fn = loss_fn
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.data: Data | None = as_data(data)
-        self.optimizer = _make_optimizer(optimizer, model)
+        self.optimizer = make_optimizer(optimizer, model)
         self.ddp = DistributedTraining.setup(self, distributed, device)
         self.executor: Executor = executor if executor is not None else SerialExecutor()
         self.batch = Batch()
@@ -161,11 +161,11 @@ class Learner:
         self._stale = False
         roots = list(callbacks)
         if use_default_callbacks:
-            roots += _missing_defaults(roots)
+            roots += missing_defaults(roots)
         if self.device.type != "cpu":
             from .callbacks.todevice import ToDevice
 
-            if not any(isinstance(c, ToDevice) for c in _flatten(roots)[0]):
+            if not any(isinstance(c, ToDevice) for c in flatten_callbacks(roots)[0]):
                 roots.append(ToDevice(self.device))
         self._roots: list[Callback] = []
         self._set_callbacks(roots)
@@ -300,7 +300,7 @@ class Learner:
         raise ValueError(f"no callback {callback!r} among the learner's callbacks ({names})")
 
     def _set_callbacks(self, roots: list[Callback], init: bool = True) -> None:
-        flat, groups = _flatten(roots)
+        flat, groups = flatten_callbacks(roots)
         graph = build_graph(flat)
         views = tuple(
             self if isinstance(cb, UnsafeCallback) else protect(self, access, cb)
@@ -400,88 +400,3 @@ def _check_ambiguity(graph: CallbackGraph) -> None:
             phases = (Phase,) if event in (FitBegin, FitEnd) else (TrainingPhase, ValidationPhase)
             for phase in phases:
                 _method(event, phase, cb)
-
-
-def _flatten(roots: Iterable[Callback]) -> tuple[list[Callback], dict[int, Callback]]:
-    """Callbacks with groups expanded depth-first, and `id(child) -> group`."""
-    flat: list[Callback] = []
-    groups: dict[int, Callback] = {}
-    seen: set[int] = set()
-
-    def visit(cb: Callback, group: Callback | None) -> None:
-        if not isinstance(cb, Callback):
-            raise CallbackDeclarationError(
-                f"{cb!r} is not a callback: callbacks are instances of fp.Callback subclasses"
-                + (f"; pass {cb.__name__}() instead"
-                   if isinstance(cb, type) and issubclass(cb, Callback) else "")
-                + (f" (found in {type(group).__name__})" if group is not None else "")
-            )
-        if id(cb) in seen:
-            raise CallbackDeclarationError(
-                f"{type(cb).__name__} was given twice (the same object); pass it once."
-            )
-        seen.add(id(cb))
-        flat.append(cb)
-        if group is not None:
-            groups[id(cb)] = group
-        children = getattr(cb, "callbacks", None)
-        if callable(children):
-            children = children()
-        for child in children or ():
-            visit(child, cb)
-
-    for cb in roots:
-        visit(cb, None)
-    return flat, groups
-
-
-def _missing_defaults(given: list[Callback]) -> list[Callback]:
-    from .callbacks import Metrics, MetricsPrinter, ProgressPrinter, Recorder, StopOnNaNLoss
-
-    present = _flatten(given)[0]
-    return [kind() for kind in (Recorder, Metrics, ProgressPrinter, MetricsPrinter, StopOnNaNLoss)
-            if not any(isinstance(c, kind) for c in present)]
-
-
-def _resolve_device(device: Any) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device={device!r} is not a device torch knows: {exc}") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} asks for CUDA, but CUDA is not available here; "
-                             "use device='cpu' or leave device=None to pick automatically.")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device={device!r}: there are only {torch.cuda.device_count()} "
-                             "CUDA devices.")
-    else:  # mps, xpu, ...: the backends torch knows say whether they are there
-        available = getattr(getattr(torch, dev.type, None), "is_available", None)
-        if callable(available) and not available():
-            raise ValueError(f"device={device!r} asks for {dev.type}, which is not available "
-                             "here; use device='cpu' or leave device=None to pick automatically.")
-    return dev
-
-
-def _make_optimizer(optimizer: Any, model: torch.nn.Module) -> torch.optim.Optimizer:
-    if optimizer is None:
-        return torch.optim.Adam(model.parameters(), lr=1e-3)
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        if not callable(optimizer):
-            raise TypeError(f"optimizer must be a torch Optimizer, a factory params -> Optimizer, "
-                            f"or None; got {type(optimizer).__name__}")
-        optimizer = optimizer(model.parameters())
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"the optimizer factory returned {type(optimizer).__name__}, "
-                            "not a torch.optim.Optimizer")
-    owned = {id(p) for p in model.parameters()}
-    foreign = sum(1 for g in optimizer.param_groups for p in g["params"] if id(p) not in owned)
-    if foreign:
-        raise ValueError(
-            f"the optimizer updates {foreign} tensor(s) that are not parameters of the model, so "
-            "training would not change the model. Build it from model.parameters(), or pass a "
-            "factory such as lambda params: torch.optim.SGD(params, lr=0.1)."
-        )
-    return optimizer

@@ -29,9 +29,9 @@ __all__ = ["ToDevice", "to_device"]
 
 
 def _checked_device(device: Any) -> torch.device:
-    from ..learner import _resolve_device  # the check of Learner(device=...)
+    from ..arguments import resolve_device  # the check of Learner(device=...)
 
-    return _resolve_device(device)
+    return resolve_device(device)
 
 
 @attrs.define

@@ -1,0 +1,100 @@
+"""How the `Learner`'s arguments become its state: the callbacks (groups flattened, the
+default callbacks added), the device and the optimizer, each checked with an error that says
+what was given and what is expected."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from .callback import Callback
+from .errors import CallbackDeclarationError
+
+__all__ = ["flatten_callbacks", "make_optimizer", "missing_defaults", "resolve_device"]
+
+
+def flatten_callbacks(roots: Iterable[Callback]) -> tuple[list[Callback], dict[int, Callback]]:
+    """Callbacks with groups expanded depth-first, and `id(child) -> group`."""
+    flat: list[Callback] = []
+    groups: dict[int, Callback] = {}
+    seen: set[int] = set()
+
+    def visit(cb: Callback, group: Callback | None) -> None:
+        if not isinstance(cb, Callback):
+            raise CallbackDeclarationError(
+                f"{cb!r} is not a callback: callbacks are instances of fp.Callback subclasses"
+                + (f"; pass {cb.__name__}() instead"
+                   if isinstance(cb, type) and issubclass(cb, Callback) else "")
+                + (f" (found in {type(group).__name__})" if group is not None else "")
+            )
+        if id(cb) in seen:
+            raise CallbackDeclarationError(
+                f"{type(cb).__name__} was given twice (the same object); pass it once."
+            )
+        seen.add(id(cb))
+        flat.append(cb)
+        if group is not None:
+            groups[id(cb)] = group
+        children = getattr(cb, "callbacks", None)
+        if callable(children):
+            children = children()
+        for child in children or ():
+            visit(child, cb)
+
+    for cb in roots:
+        visit(cb, None)
+    return flat, groups
+
+
+def missing_defaults(given: list[Callback]) -> list[Callback]:
+    from .callbacks import Metrics, MetricsPrinter, ProgressPrinter, Recorder, StopOnNaNLoss
+
+    present = flatten_callbacks(given)[0]
+    return [kind() for kind in (Recorder, Metrics, ProgressPrinter, MetricsPrinter, StopOnNaNLoss)
+            if not any(isinstance(c, kind) for c in present)]
+
+
+def resolve_device(device: Any) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r} is not a device torch knows: {exc}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} asks for CUDA, but CUDA is not available here; "
+                             "use device='cpu' or leave device=None to pick automatically.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: there are only {torch.cuda.device_count()} "
+                             "CUDA devices.")
+    else:  # mps, xpu, ...: the backends torch knows say whether they are there
+        available = getattr(getattr(torch, dev.type, None), "is_available", None)
+        if callable(available) and not available():
+            raise ValueError(f"device={device!r} asks for {dev.type}, which is not available "
+                             "here; use device='cpu' or leave device=None to pick automatically.")
+    return dev
+
+
+def make_optimizer(optimizer: Any, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if optimizer is None:
+        return torch.optim.Adam(model.parameters(), lr=1e-3)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        if not callable(optimizer):
+            raise TypeError(f"optimizer must be a torch Optimizer, a factory params -> Optimizer, "
+                            f"or None; got {type(optimizer).__name__}")
+        optimizer = optimizer(model.parameters())
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"the optimizer factory returned {type(optimizer).__name__}, "
+                            "not a torch.optim.Optimizer")
+    owned = {id(p) for p in model.parameters()}
+    foreign = sum(1 for g in optimizer.param_groups for p in g["params"] if id(p) not in owned)
+    if foreign:
+        raise ValueError(
+            f"the optimizer updates {foreign} tensor(s) that are not parameters of the model, so "
+            "training would not change the model. Build it from model.parameters(), or pass a "
+            "factory such as lambda params: torch.optim.SGD(params, lr=0.1)."
+        )
+    return optimizer
