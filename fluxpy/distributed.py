@@ -47,6 +47,7 @@ __all__ = [
     "is_rank_zero",
     "launched_by_torchrun",
     "local_rank",
+    "on_rank_zero",
     "rank",
     "rank_zero_only",
     "runs_on_this_rank",
@@ -158,6 +159,25 @@ def barrier() -> None:
     """Wait until every rank gets here (no-op without distributed training)."""
     if is_distributed():
         dist.barrier(group=_control_group())
+
+
+def on_rank_zero(fn: Callable[[], Any]) -> Any:
+    """`fn()` on rank 0 only (its result there, `None` elsewhere), then a barrier.
+
+    The barrier makes every rank wait until rank 0 is done (e.g. until a checkpoint file is
+    complete), so no rank runs ahead of a file it may read. Rank 0 reaches the barrier also
+    when `fn` raises, so the other ranks are not left waiting for it. Without distributed
+    training it is a plain call.
+    """
+    if not is_distributed():
+        return fn()
+    result = None
+    try:
+        if is_rank_zero():
+            result = fn()
+    finally:
+        barrier()
+    return result
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

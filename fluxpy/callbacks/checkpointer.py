@@ -48,10 +48,10 @@ import torch
 from ..access import Access, Read
 from ..callback import Callback, UnsafeCallback, on, runafter, stateaccess
 from ..checkpoint import checkpoint_files, checkpoint_state, write_atomically
+from ..distributed import on_rank_zero
 from ..errors import CheckpointError
 from ..events import EpochEnd, FitBegin, FitEnd
 from ..phases import Phase, ValidationPhase
-from ..rankzero import on_rank_zero
 
 __all__ = ["Checkpointer"]
 

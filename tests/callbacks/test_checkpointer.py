@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fluxpy as fp
-import fluxpy.rankzero
+import fluxpy.distributed
 from fluxpy.testing import test_learner
 
 
@@ -190,9 +190,9 @@ def test_bad_options_are_errors_at_construction(tmp_path, options, match):
 def test_under_torch_distributed_only_rank_zero_writes_and_every_rank_waits(
         tmp_path, monkeypatch, rank, written):
     waits = []
-    monkeypatch.setattr(fluxpy.rankzero, "is_distributed", lambda: True)
-    monkeypatch.setattr(fluxpy.rankzero, "is_rank_zero", lambda: rank == 0)
-    monkeypatch.setattr(fluxpy.rankzero, "barrier", lambda: waits.append(names(tmp_path)))
+    monkeypatch.setattr(fluxpy.distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(fluxpy.distributed, "is_rank_zero", lambda: rank == 0)
+    monkeypatch.setattr(fluxpy.distributed, "barrier", lambda: waits.append(names(tmp_path)))
     checkpoint_learner(tmp_path).fit(1)
     assert names(tmp_path) == written
     assert waits == [written]  # the barrier comes after rank 0's write
