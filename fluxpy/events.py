@@ -100,3 +100,11 @@ class BackwardEnd(Event):
 
 BatchBegin = StepBegin
 BatchEnd = StepEnd
+
+#: The events of a training epoch and of a validation epoch, in the order they fire.
+TRAINING_EVENTS: tuple[type[Event], ...] = (
+    EpochBegin, StepBegin, LossBegin, BackwardBegin, BackwardEnd, StepEnd, EpochEnd,
+)
+VALIDATION_EVENTS: tuple[type[Event], ...] = (EpochBegin, StepBegin, LossBegin, StepEnd, EpochEnd)
+#: Every built-in event, in the order a fit fires them.
+BUILTIN_EVENTS: tuple[type[Event], ...] = (FitBegin, *TRAINING_EVENTS, FitEnd)

@@ -12,26 +12,12 @@ from collections.abc import Sequence
 
 from .access import render_path
 from .callback import UnsafeCallback, on
-from .events import (
-    BackwardBegin,
-    BackwardEnd,
-    EpochBegin,
-    EpochEnd,
-    Event,
-    FitBegin,
-    FitEnd,
-    LossBegin,
-    StepBegin,
-    StepEnd,
-)
+from .events import BUILTIN_EVENTS, TRAINING_EVENTS, VALIDATION_EVENTS, Event, FitBegin, FitEnd
 from .graph import CallbackGraph
 from .phases import AbstractTrainingPhase, Phase, TrainingPhase, ValidationPhase
 
 __all__ = ["Explanation", "explain"]
 
-_TRAINING_EVENTS = (EpochBegin, StepBegin, LossBegin, BackwardBegin, BackwardEnd, StepEnd, EpochEnd)
-_VALIDATION_EVENTS = (EpochBegin, StepBegin, LossBegin, StepEnd, EpochEnd)
-_BUILTIN = {FitBegin, FitEnd, *_TRAINING_EVENTS}
 
 
 class Explanation(str):
@@ -81,7 +67,7 @@ def explain(learner, phases: Sequence[Phase] | None = None) -> Explanation:
     custom = _custom_events(graph)
     sections = [(Phase(), (FitBegin, FitEnd))]
     for phase in phases:
-        kinds = _TRAINING_EVENTS if isinstance(phase, AbstractTrainingPhase) else _VALIDATION_EVENTS
+        kinds = TRAINING_EVENTS if isinstance(phase, AbstractTrainingPhase) else VALIDATION_EVENTS
         sections.append((phase, (*kinds, *custom)))
     for phase, events in sections:
         lines.append(f"  {phase}")
@@ -113,7 +99,7 @@ def _custom_events(graph: CallbackGraph) -> list[type[Event]]:
         if len(types) != 4:
             continue
         event, _, cb_type = types[0], types[1], types[2]
-        if (isinstance(event, type) and issubclass(event, Event) and event not in _BUILTIN
+        if (isinstance(event, type) and issubclass(event, Event) and event not in BUILTIN_EVENTS
                 and event is not Event and isinstance(cb_type, type)
                 and any(issubclass(k, cb_type) for k in kinds) and event not in found):
             found.append(event)

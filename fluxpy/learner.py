@@ -37,16 +37,10 @@ from .errors import (
     CancelFitException,
 )
 from .events import (
-    BackwardBegin,
-    BackwardEnd,
-    EpochBegin,
-    EpochEnd,
+    BUILTIN_EVENTS,
     Event,
     FitBegin,
     FitEnd,
-    LossBegin,
-    StepBegin,
-    StepEnd,
 )
 from .executors import Executor, Handler, SerialExecutor
 from .graph import CallbackGraph, build_graph
@@ -66,10 +60,6 @@ from .state import Batch, Data, State, as_data
 
 __all__ = ["FitResult", "Learner"]
 
-BUILTIN_EVENTS: tuple[type[Event], ...] = (
-    FitBegin, EpochBegin, StepBegin, LossBegin, BackwardBegin, BackwardEnd, StepEnd, EpochEnd,
-    FitEnd,
-)
 _FIT_PHASE = Phase()
 _FIT_BEGIN, _FIT_END = FitBegin(), FitEnd()
 _TRAINING, _VALIDATION = TrainingPhase(), ValidationPhase()
