@@ -153,6 +153,11 @@ def _merge(a: Node | None, b: Node | None) -> Node | None:
 
 
 def _check_child(name: str, child: object) -> None:
+    if name.startswith(("__", "_fp_")):
+        raise TypeError(
+            f"Access({name}=...): names starting with '__' or '_fp_' belong to the protected "
+            "view itself and cannot be granted; learner state has ordinary names."
+        )
     if isinstance(child, (Access, Read)):
         return
     if isinstance(child, type) and issubclass(child, (Access, Read)):

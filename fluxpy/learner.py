@@ -224,13 +224,14 @@ class Learner:
         if plan:
             self.executor.run(event, phase, plan)
 
-    def _handled(self, phase: Phase, events: tuple[Event, ...]) -> tuple[bool, ...]:
-        """Whether each of `events` has handlers in `phase`. Kept with the plans (so it is
-        dropped with them); `events` is one of the loop's constant tuples."""
+    def _step_plans(self, phase: Phase, events: tuple[Event, ...]) -> tuple[tuple, ...]:
+        """The plans of `events` in `phase` (one tuple of handlers per event, empty for an
+        event without handlers), for steps that fire them through the executor themselves.
+        Kept with the plans, so it is dropped with them; `events` is a constant tuple."""
         entry = self._plans.get((id(events), id(phase)))
         if entry is None:
-            flags = tuple(bool(self._plan_entry(event, phase)[0]) for event in events)
-            entry = self._plans[(id(events), id(phase))] = (flags, events, phase)
+            plans = tuple(self._plan_entry(event, phase)[0] for event in events)
+            entry = self._plans[(id(events), id(phase))] = (plans, events, phase)
         return entry[0]
 
     def _plan_entry(self, event: Event, phase: Phase) -> tuple[tuple[Handler, ...], Event, Phase]:

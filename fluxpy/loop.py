@@ -89,25 +89,26 @@ epoch = GenericFunction(_epoch, arity=3, params="learner, phase, data")
 
 
 def _run_steps(learner, phase: Phase, data) -> None:
-    iterator = iter(data)
     impl, impl_type = None, None
-    while True:
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            if impl_type is None:
-                raise ValueError(_no_batches(phase, data)) from None
-            return
-        except Exception as exc:
+    in_step = False  # whether an error comes from a step rather than from the data
+    try:
+        for batch in data:
+            if type(batch) is not impl_type:  # resolve once per epoch, not per step
+                impl_type = type(batch)
+                impl = step.resolve(type(learner), type(phase), impl_type)
+            in_step = True
+            try:
+                impl(learner, phase, batch)
+            except CancelStepException:  # from a custom step's run_step, raised at StepBegin
+                in_step = False
+                continue
+            in_step = False
+    except Exception as exc:
+        if not in_step:
             exc.add_note(f"raised by the data iterator of {phase} ({type(data).__name__})")
-            raise
-        if type(batch) is not impl_type:  # resolve once per epoch, not per step
-            impl_type = type(batch)
-            impl = step.resolve(type(learner), type(phase), impl_type)
-        try:
-            impl(learner, phase, batch)
-        except CancelStepException:  # from a custom step's run_step, raised at StepBegin
-            continue
+        raise
+    if impl_type is None:
+        raise ValueError(_no_batches(phase, data))
 
 
 def _no_batches(phase: Phase, data: Any) -> str:
@@ -204,43 +205,51 @@ def update_parameters(learner) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-#: The events of the built-in steps, in the order they fire. The steps skip the events that
-#: have no handlers: `Learner._handled` says which have, and is asked again after each event
-#: that ran handlers (a handler may register a method or add a callback).
+#: The events of the built-in steps, in the order they fire. The steps fire them through the
+#: executor with the plans `Learner._step_plans` gives, skipping events without handlers, and
+#: ask for the plans again after each event that ran handlers (a handler may register a method
+#: or add a callback).
 _TRAINING_EVENTS = (STEP_BEGIN, LOSS_BEGIN, BACKWARD_BEGIN, BACKWARD_END, STEP_END)
 _VALIDATION_EVENTS = (STEP_BEGIN, LOSS_BEGIN, STEP_END)
 
 
-def _fire(learner, event: Event, phase: Phase, events: tuple[Event, ...]) -> tuple[bool, ...]:
-    """Fire `event`; then which of `events` have handlers (the handlers may have changed it)."""
-    learner.handle(event, phase)
-    return learner._handled(phase, events)
+def _fire(learner, event: Event, phase: Phase, plan: tuple, events: tuple[Event, ...]) -> tuple:
+    """Run `plan` for `event`; then the plans of `events` (the handlers may have changed them)."""
+    learner.executor.run(event, phase, plan)
+    return learner._step_plans(phase, events)
 
 
 @step.dispatch
 def _training_step(learner, phase: AbstractTrainingPhase, batch):
     xs, ys = batch if type(batch) is tuple and len(batch) == 2 else _unpack(batch, phase)
-    learner.batch = Batch(xs=xs, ys=ys, update=True)
+    learner.batch = state = Batch(xs=xs, ys=ys, update=True)
     events = _TRAINING_EVENTS
-    fires = learner._handled(phase, events)
+    plans = learner._step_plans(phase, events)
     backward_done = False
     try:
-        if fires[0]:
-            fires = _fire(learner, STEP_BEGIN, phase, events)
-        state = learner.batch
+        if plans[0]:
+            plans = _fire(learner, STEP_BEGIN, phase, plans[0], events)
+            state = learner.batch
         state.preds = learner.model(state.xs)
-        if fires[1]:
-            fires = _fire(learner, LOSS_BEGIN, phase, events)
-        state = learner.batch
-        state.loss = _loss(learner, state, phase)
-        if fires[2]:
-            fires = _fire(learner, BACKWARD_BEGIN, phase, events)
-        state = learner.batch
+        if plans[1]:
+            plans = _fire(learner, LOSS_BEGIN, phase, plans[1], events)
+            state = learner.batch
+        try:
+            loss = learner.loss_fn(state.preds, state.ys)
+        except Exception as exc:
+            _loss_note(exc, state, phase)
+            raise
+        state.loss = loss if type(loss) is torch.Tensor and loss.ndim == 0 else _check_loss(
+            loss, phase)
+        if plans[2]:
+            plans = _fire(learner, BACKWARD_BEGIN, phase, plans[2], events)
+            state = learner.batch
         state.loss.backward()
         backward_done = True
-        if fires[3]:
-            fires = _fire(learner, BACKWARD_END, phase, events)
-        if learner.batch.update:
+        if plans[3]:
+            plans = _fire(learner, BACKWARD_END, phase, plans[3], events)
+            state = learner.batch
+        if state.update:
             update_parameters(learner)
     except BaseException as exc:
         if backward_done:  # an unfinished step must not leak its gradients into the next update
@@ -248,9 +257,9 @@ def _training_step(learner, phase: AbstractTrainingPhase, batch):
         if isinstance(exc, CancelStepException):
             return
         raise
-    if fires[4]:
+    if plans[4]:
         try:
-            learner.handle(STEP_END, phase)
+            learner.executor.run(STEP_END, phase, plans[4])
         except CancelStepException:  # raised at the closing event: skips its remaining handlers
             return
 
@@ -258,23 +267,29 @@ def _training_step(learner, phase: AbstractTrainingPhase, batch):
 @step.dispatch
 def _validation_step(learner, phase: AbstractValidationPhase, batch):
     xs, ys = batch if type(batch) is tuple and len(batch) == 2 else _unpack(batch, phase)
-    learner.batch = Batch(xs=xs, ys=ys)
+    learner.batch = state = Batch(xs=xs, ys=ys)
     events = _VALIDATION_EVENTS
-    fires = learner._handled(phase, events)
+    plans = learner._step_plans(phase, events)
     try:
-        if fires[0]:
-            fires = _fire(learner, STEP_BEGIN, phase, events)
-        state = learner.batch
+        if plans[0]:
+            plans = _fire(learner, STEP_BEGIN, phase, plans[0], events)
+            state = learner.batch
         state.preds = learner.model(state.xs)
-        if fires[1]:
-            fires = _fire(learner, LOSS_BEGIN, phase, events)
-        state = learner.batch
-        state.loss = _loss(learner, state, phase)
+        if plans[1]:
+            plans = _fire(learner, LOSS_BEGIN, phase, plans[1], events)
+            state = learner.batch
+        try:
+            loss = learner.loss_fn(state.preds, state.ys)
+        except Exception as exc:
+            _loss_note(exc, state, phase)
+            raise
+        state.loss = loss if type(loss) is torch.Tensor and loss.ndim == 0 else _check_loss(
+            loss, phase)
     except CancelStepException:
         return
-    if fires[2]:
+    if plans[2]:
         try:
-            learner.handle(STEP_END, phase)
+            learner.executor.run(STEP_END, phase, plans[2])
         except CancelStepException:  # raised at the closing event: skips its remaining handlers
             return
 
@@ -295,18 +310,11 @@ def _unpack(batch: Any, phase: Phase) -> Any:
     )
 
 
-def _loss(learner, state: Batch, phase: Phase) -> Any:
-    """`loss_fn(preds, ys)`, checked; its own errors get a note with what it was given."""
-    try:
-        loss = learner.loss_fn(state.preds, state.ys)
-    except Exception as exc:
-        exc.add_note(f"raised by loss_fn(preds, ys) in the {phase} step, with preds "
-                     f"{_describe(state.preds)} and ys {_describe(state.ys)}: check that the "
-                     "model's output fits the loss function and the labels")
-        raise
-    if type(loss) is torch.Tensor and loss.ndim == 0:  # the usual case, without a call
-        return loss
-    return _check_loss(loss, phase)
+def _loss_note(exc: BaseException, state: Batch, phase: Phase) -> None:
+    """The note on an error of `loss_fn(preds, ys)`: what it was given."""
+    exc.add_note(f"raised by loss_fn(preds, ys) in the {phase} step, with preds "
+                 f"{_describe(state.preds)} and ys {_describe(state.ys)}: check that the "
+                 "model's output fits the loss function and the labels")
 
 
 def _describe(value: Any) -> str:

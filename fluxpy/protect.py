@@ -5,8 +5,10 @@ is checked against the callback's `stateaccess` tree, all the way down nested na
 (`learner.batch.loss`, `learner.cbstate.history`). A denied access raises `fp.ProtectedError`
 naming the callback, the full path and the fix.
 
-A view is built once per callback and learner; sub-views of namespaces are cached by the
-identity of the object they wrap, so a read costs one Python-level `__getattr__`.
+A view is built once per callback and learner, with one object per node of the tree, whose
+class attributes are the granted names: a `Write` read is a C-level attribute lookup, a `Read`
+read one small function. Views are live: `learner.batch` as a handler sees it is the same view
+every step and always shows the learner's current batch.
 
 Under a `Read()` node, containers and namespaces come back read-only (`ReadOnlyMapping`,
 `ReadOnlySequence`, `ReadOnlyObject`): a callback allowed to read `cbstate.history` cannot
@@ -18,7 +20,8 @@ from __future__ import annotations
 
 import copy
 import types
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from operator import attrgetter
 from typing import Any
 
 import attrs
@@ -34,96 +37,114 @@ _IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), frozenset)
 
 def protect(learner: Any, access: Access, callback: Any) -> ProtectedObject:
     """The protected view of `learner` for `callback`, which declared `access`."""
-    return ProtectedObject(learner, access, callback, "")
-
-
-# What a granted name gives, decided once per tree node (`_Node.entries`), not per read.
-_RAW, _READONLY, _SUBVIEW = 0, 1, 2
+    return _Node(access, callback, "", learner).view
 
 
 class _Node:
-    """One node of a permission tree, compiled for lookups: `entries[name]` is
-    `(kind, child node or None, full path)` for each named child; `base` covers the rest."""
+    """One node of a permission tree, compiled once for one learner into `view`, the only
+    instance of its own subclass of `ProtectedObject`. The class attributes of that subclass
+    are the granted names: a granted namespace is its child's view itself, a `Write` leaf a
+    property with a C-level getter, a `Read` leaf a property with one small function. So a
+    granted read is an ordinary attribute lookup, and a view allocates nothing when read."""
 
-    __slots__ = ("base", "entries", "owner", "prefix", "tree")
+    __slots__ = ("base", "entries", "owner", "prefix", "tree", "view")
 
-    def __init__(self, tree: Access, owner: Any, prefix: str) -> None:
+    def __init__(self, tree: Access, owner: Any, prefix: str, root: Any) -> None:
         self.tree = tree
         self.base = tree.base
         self.owner = owner
         self.prefix = prefix
-        self.entries: dict[str, tuple[int, _Node | None, str]] = {}
+        #: name -> the child node (a granted namespace) or None (a `Read`/`Write` leaf)
+        self.entries: dict[str, _Node | None] = {}
+        namespace: dict[str, Any] = {
+            "__slots__": (),
+            "_fp_node": self,
+            "_fp_target": attrgetter(prefix[:-1]) if prefix else _itself,
+        }
         for name, child in tree.items:
             path = prefix + name
             if isinstance(child, Access):
-                self.entries[name] = (_SUBVIEW, _Node(child, owner, path + "."), path)
+                sub = self.entries[name] = _Node(child, owner, path + ".", root)
+                namespace[name] = sub.view
+            elif type(child) is Write:
+                self.entries[name] = None
+                namespace[name] = property(attrgetter("_fp_root." + path))
             else:
-                self.entries[name] = (_RAW if type(child) is Write else _READONLY, None, path)
+                self.entries[name] = None
+                namespace[name] = property(_read_getter(path, owner))
+        self.view = _new_view(type("ProtectedObject", (ProtectedObject,), namespace))
+        _set_root(self.view, root)
 
     def get(self, name: str) -> Access | Read | None:
         """The permission for child `name` as in the tree (a subtree, `Read`, `Write`, `None`)."""
         return self.tree.get(name)
 
 
-class ProtectedObject:
-    """An object seen through a permission tree; nested namespaces are protected too."""
+def _itself(obj: Any) -> Any:
+    return obj
 
-    # One slot, `(object, node, sub-view cache)`: a read fetches all three with one call.
-    __slots__ = ("_fp_state",)
 
-    def __init__(self, obj: Any, tree: Access, owner: Any, prefix: str) -> None:
-        _set_state(self, (obj, _Node(tree, owner, prefix), {}))
+def _read_getter(path: str, owner: Any) -> Callable[[Any], Any]:
+    get, kind = attrgetter("_fp_root." + path), _READ_KINDS.get
 
-    # `__getattribute__` rather than `__getattr__`: with `__getattr__`, every read would first
-    # fail the normal lookup, and CPython builds (and drops) an AttributeError for it.
-    def __getattribute__(self, name: str) -> Any:
-        try:
-            obj, node, cache = _get_state(self)
-        except AttributeError:  # not initialised (copy, pickle): only its own attributes
-            return _object_getattribute(self, name)
-        entry = node.entries.get(name)
-        if entry is None:
-            if name.startswith(("__", "_fp_")):  # the view's own attributes and methods
-                return _object_getattribute(self, name)
-            return _unnamed(self, node, name)
-        kind, sub, path = entry
-        value = getattr(obj, name)
-        if kind == _RAW:
+    def read(view: ProtectedObject) -> Any:
+        value = get(view)
+        if kind(type(value)) is _AS_IS:  # tensors, numbers: no wrapper, no call
             return value
-        if kind == _READONLY:
-            if _READ_KINDS.get(type(value)) is _AS_IS:  # tensors, numbers: no wrapper, no call
-                return value
-            return readonly(value, node.owner, path)
-        hit = cache.get(name)
-        if hit is not None and hit[0] is value:
-            return hit[1]
-        view = _new_view(ProtectedObject)  # the namespace was replaced (a new batch each step)
-        _set_state(view, (value, sub, {}))
-        cache[name] = (value, view)
-        return view
+        return readonly(value, owner, path)
+
+    return read
+
+
+class ProtectedObject:
+    """An object seen through a permission tree; nested namespaces are protected too.
+
+    A view is live: it holds the learner, not copies of its state, so `learner.batch` as a
+    handler sees it always shows the learner's current batch (keep a value, e.g. the tensor
+    `learner.batch.loss`, to remember it). Each tree node has its own subclass (see `_Node`);
+    a name the tree does not list falls through to `__getattr__`, which applies the node's
+    `base` permission or raises `ProtectedError`.
+    """
+
+    __slots__ = ("_fp_root",)
+    _fp_node: _Node
+    _fp_target: Callable[[Any], Any]  # the root object -> the object this view shows
+
+    def __new__(cls, obj: Any, tree: Access, owner: Any) -> ProtectedObject:
+        return protect(obj, tree, owner)
+
+    def __init__(self, *args: Any) -> None:
+        pass  # all done in __new__
 
     @property
     def _fp_obj(self) -> Any:
-        return _get_state(self)[0]
+        """The object this view shows now (`learner`, `learner.batch`, ...)."""
+        return _target(self)
 
-    @property
-    def _fp_node(self) -> _Node:
-        return _get_state(self)[1]
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for names without a descriptor (or whose getter raised AttributeError).
+        if name.startswith(("__", "_fp_")):  # the view's own attributes, not initialised
+            raise AttributeError(name)
+        node = type(self)._fp_node
+        if name in node.entries:  # granted, but the object has no such attribute (yet):
+            getattr(_target(self), name)  # the object's own AttributeError
+            raise AttributeError(name)  # (the getter failed otherwise: never the raw value)
+        return _unnamed(self, node, name)
 
     def _fp_unnamed(self, name: str) -> Any:
         """A read of a name the tree does not list: covered by `base`, or denied."""
-        return _unnamed(self, self._fp_node, name)
+        return _unnamed(self, type(self)._fp_node, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         self._fp_check_write(name)
-        setattr(self._fp_obj, name, value)
+        setattr(_target(self), name, value)
 
     def __delattr__(self, name: str) -> None:
         self._fp_check_write(name)
-        delattr(self._fp_obj, name)
+        delattr(_target(self), name)
 
     def _fp_check_write(self, name: str) -> None:
-        node = self._fp_node
+        node = type(self)._fp_node
         permission = node.get(name)
         if type(permission) is not Write:
             granted = None if permission is None else (
@@ -131,19 +152,19 @@ class ProtectedObject:
             raise ProtectedError(node.owner, node.prefix + name, "write", granted)
 
     def __contains__(self, name: str) -> bool:
-        node = self._fp_node
+        node = type(self)._fp_node
         if node.get(name) is None:
             raise ProtectedError(node.owner, node.prefix + name, "read")
-        return hasattr(self._fp_obj, name)
+        return hasattr(_target(self), name)
 
     def __dir__(self) -> list[str]:
-        node = self._fp_node
+        node = type(self)._fp_node
         if node.base is not None:
-            return dir(self._fp_obj)
+            return dir(_target(self))
         return sorted(node.entries)
 
     def __repr__(self) -> str:
-        node = self._fp_node
+        node = type(self)._fp_node
         where = f"learner.{node.prefix.rstrip('.')}" if node.prefix else "learner"
         return f"<{where} as {type(node.owner).__name__} may see it>"
 
@@ -151,21 +172,24 @@ class ProtectedObject:
 def _unnamed(view: ProtectedObject, node: _Node, name: str) -> Any:
     """A read of a name the tree does not list: covered by `base`, or denied."""
     if node.base is None:
-        value = getattr(_get_state(view)[0], name, None)
+        value = getattr(_target(view), name, None)
         if _is_namespace(value):  # report the full path: learner.batch.loss, not .batch
             return _Denied(node.owner, node.prefix + name)
         raise ProtectedError(node.owner, node.prefix + name, "read")
-    value = getattr(_get_state(view)[0], name)
+    value = getattr(_target(view), name)
     if type(node.base) is Write:
         return value
     return readonly(value, node.owner, node.prefix + name)
 
 
-# The view's slots, read and written without going through its own attribute methods.
-_object_getattribute = object.__getattribute__
+def _target(view: ProtectedObject) -> Any:
+    """The object `view` shows now; its own AttributeError if a namespace on the way is gone."""
+    return type(view)._fp_target(view._fp_root)
+
+
+# The view's slot, written without going through its own `__setattr__`.
 _new_view = object.__new__
-_get_state = ProtectedObject._fp_state.__get__  # type: ignore[attr-defined]
-_set_state = ProtectedObject._fp_state.__set__  # type: ignore[attr-defined]
+_set_root = ProtectedObject._fp_root.__set__  # type: ignore[attr-defined]
 
 
 def _is_namespace(value: Any) -> bool:

@@ -124,5 +124,12 @@ def test_nested_bad_leaf_names_the_entry():
         fp.Access(batch=fp.Access(loss=True))
 
 
+@pytest.mark.parametrize("name", ["_fp_obj", "__class__", "__dict__"])
+def test_names_of_the_view_itself_cannot_be_granted(name):
+    with pytest.raises(TypeError, match=rf"Access\({name}=\.\.\.\): names starting with '__' or "
+                                        r"'_fp_' belong to the protected view itself"):
+        fp.Access(**{name: fp.Write()})
+
+
 def test_repr_shows_the_tree():
     assert repr(fp.Access(batch=fp.Access(loss=fp.Read()))) == "Access(batch=Access(loss=Read()))"

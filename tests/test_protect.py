@@ -43,6 +43,15 @@ def test_granted_read_returns_the_value():
     assert view.batch.loss is learner.batch.loss
 
 
+def test_granted_read_of_a_missing_attribute_is_the_objects_attribute_error():
+    view, learner = _view(fp.Access(batch=fp.Access(preds=fp.Read(), loss=fp.Write())))
+    with pytest.raises(AttributeError, match="'Batch' object has no attribute 'preds'"):
+        _ = view.batch.preds
+    del learner.batch.loss
+    with pytest.raises(AttributeError, match="'Batch' object has no attribute 'loss'"):
+        _ = view.batch.loss
+
+
 def test_read_of_an_undeclared_attribute_names_callback_path_and_fix():
     view, _ = _view(fp.Access())
     with pytest.raises(fp.ProtectedError, match=_msg(
@@ -341,13 +350,30 @@ def test_view_is_built_once_per_callback():
     assert learner.view(cb) is view
 
 
-def test_sub_view_is_reused_while_the_namespace_is_the_same():
+def test_sub_view_is_live_and_shows_the_current_namespace():
     view, learner = _view(fp.Access(batch=fp.Access(loss=fp.Read())))
-    first = view.batch
-    assert view.batch is first
+    batch = view.batch
+    assert view.batch is batch
     learner.batch = Batch(loss=torch.tensor(1.0))
-    assert view.batch is not first
-    assert view.batch.loss.item() == 1.0
+    assert view.batch is batch  # one view for the name, not one per object
+    assert batch.loss.item() == 1.0
+    del learner.batch
+    with pytest.raises(AttributeError, match="'Learner' object has no attribute 'batch'"):
+        _ = batch.loss
+
+
+def test_views_keep_no_old_namespace_alive():
+    import gc
+    import weakref
+
+    view, learner = _view(fp.Access(batch=fp.Access(loss=fp.Read())))
+    old = learner.batch
+    _ = view.batch.loss
+    ref = weakref.ref(old)
+    learner.batch = Batch(loss=torch.tensor(1.0))
+    del old
+    gc.collect()
+    assert ref() is None
 
 
 def test_handler_gets_the_protected_view_during_fit():
