@@ -1,8 +1,10 @@
 """`Metrics`: the loss and any other metrics, averaged per epoch, accumulated on the device.
 
-Per step, each metric's value stays a device tensor (no host sync); at epoch end all of a
-phase's metrics are reduced together and read to the host once. Means are weighted by batch
-size, so a short last batch counts for what it holds.
+On an accelerator each metric's value stays a device tensor per step (no host sync); at epoch
+end all of a phase's metrics are reduced together and read to the host once. On the CPU,
+where reading a value is no sync, values are read as they come and nothing is kept for the
+epoch (`READ_CPU_VALUES`). Means are weighted by batch size, so a short last batch counts for
+what it holds.
 
 - `learner.cbstate.metricsstep[phase][name]`: the latest step's value (a tensor).
 - `learner.cbstate.metricsepoch[phase][name]`: one float per completed epoch.
@@ -34,6 +36,10 @@ STATE_PRODUCERS["metricsepoch"] = "Metrics()"
 
 #: Per-step values are folded into one partial sum every this many steps, to bound memory.
 FOLD_EVERY = 1024
+#: Whether values on the CPU are read to Python numbers every step: there that is no device
+#: sync, and it keeps no tensor alive for the rest of the epoch. False treats them like
+#: accelerator values (kept as tensors, read once per epoch), which shows that path on the CPU.
+READ_CPU_VALUES = True
 
 
 @attrs.define
@@ -64,28 +70,42 @@ class Metric:
 
 
 class _WeightedMean:
-    """A batch-size-weighted mean whose terms stay on the device until `result`."""
+    """A batch-size-weighted mean.
 
-    __slots__ = ("count", "partial", "sizes", "values")
+    Values on an accelerator stay there until `result` (reading them per step would
+    synchronise the host with the device). Numbers and CPU tensors are read as they come
+    (see `READ_CPU_VALUES`).
+    """
+
+    __slots__ = ("count", "host_count", "host_total", "partial", "sizes", "values")
 
     def __init__(self) -> None:
-        self.values: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []  # device values not yet folded into `partial`
         self.sizes: list[int] = []
-        self.partial: torch.Tensor | None = None
-        self.count = 0
+        self.partial: torch.Tensor | None = None  # float64 sum of value * size on the device
+        self.count = 0  # the sizes folded into `partial`
+        self.host_total = 0.0  # sum of value * size read on the host
+        self.host_count = 0
 
-    def add(self, value: torch.Tensor, size: int) -> None:
-        self.values.append(value)
-        self.sizes.append(size)
-        if len(self.values) >= FOLD_EVERY:
-            self._fold()
+    def add(self, value: Any, size: int) -> None:
+        if type(value) is torch.Tensor and (not value.is_cpu or not READ_CPU_VALUES):
+            self.values.append(value)
+            self.sizes.append(size)
+            if len(self.values) >= FOLD_EVERY:
+                self._fold()
+        else:
+            self.host_total += float(value) * size
+            self.host_count += size
+
+    def empty(self) -> bool:
+        return not (self.count or self.values or self.host_count)
 
     def _fold(self) -> None:
         if not self.values:
             return
         try:  # the usual case, one op for all terms: tensors of one element, on one device
             values = torch.stack(self.values).reshape(len(self.values)).to(torch.float64)
-        except (TypeError, RuntimeError):  # plain numbers among them
+        except (TypeError, RuntimeError):  # tensors of other shapes or on several devices
             values = torch.stack(
                 [torch.as_tensor(v).reshape(()).to(torch.float64) for v in self.values]
             )
@@ -98,11 +118,27 @@ class _WeightedMean:
         self.count += sum(self.sizes)
         self.values, self.sizes = [], []
 
-    def result(self) -> torch.Tensor | float:
+    def total(self) -> tuple[torch.Tensor | float, int]:
+        """The weighted sum (a device tensor if any value was on a device) and the weight."""
         self._fold()
         if self.partial is None:
+            return self.host_total, self.host_count
+        return self.partial + self.host_total, self.count + self.host_count
+
+    def set_total(self, total: torch.Tensor | float, count: int) -> None:
+        """Replace everything added so far by a weighted sum and its weight."""
+        self.values, self.sizes = [], []
+        self.partial, self.count, self.host_total, self.host_count = None, 0, 0.0, 0
+        if isinstance(total, torch.Tensor) and not total.is_cpu:
+            self.partial, self.count = total, count
+        else:
+            self.host_total, self.host_count = float(total), count
+
+    def result(self) -> torch.Tensor | float:
+        total, count = self.total()
+        if count == 0:
             return float("nan")
-        return self.partial / self.count
+        return total / count
 
 
 class Metrics(Callback):
@@ -201,7 +237,9 @@ def _metrics_step_end(event: StepEnd, phase: Phase, cb: Metrics, learner):
     batch = learner.batch
     ys = batch.ys
     size = ys.shape[0] if type(ys) is torch.Tensor and ys.ndim else _batch_size(ys)
-    loss = batch.loss.detach()
+    loss = batch.loss
+    if loss.requires_grad:  # (not under inference_mode, in validation)
+        loss = loss.detach()
     loss_mean.add(loss, size)
     step["loss"] = loss
     if active:
@@ -224,7 +262,7 @@ def _metrics_epoch_end(event: EpochEnd, phase: Phase, cb: Metrics, learner):
         return
     if is_distributed():  # before the check below: every rank must take part
         _reduce_across_ranks(means, learner.device)
-    if means["loss"].count + len(means["loss"].values) == 0:
+    if means["loss"].empty():
         return  # an epoch without a completed step has no mean to record
     results: dict[str, Any] = {name: mean.result() for name, mean in means.items()}
     for m in cb._active[phase]:
@@ -237,16 +275,14 @@ def _metrics_epoch_end(event: EpochEnd, phase: Phase, cb: Metrics, learner):
 
 def _reduce_across_ranks(means: dict[str, _WeightedMean], device: torch.device) -> None:
     """Sum each mean's weighted total and count over all ranks, in one all-reduce."""
-    zero = torch.zeros((), dtype=torch.float64, device=device)
-    for mean in means.values():
-        mean._fold()
-    totals = [zero if m.partial is None else m.partial.to(device, torch.float64).reshape(())
-              for m in means.values()]
-    counts = torch.tensor([m.count for m in means.values()], dtype=torch.float64, device=device)
-    summed = all_reduce_sum(torch.cat([torch.stack(totals), counts]))
+    totals = [mean.total() for mean in means.values()]
+    sums = [torch.as_tensor(total, dtype=torch.float64).to(device).reshape(())
+            for total, _ in totals]
+    counts = torch.tensor([count for _, count in totals], dtype=torch.float64, device=device)
+    summed = all_reduce_sum(torch.cat([torch.stack(sums), counts]))
     n = len(means)
     for mean, total, count in zip(means.values(), summed[:n], summed[n:].tolist()):
-        mean.partial, mean.count = (total, int(count)) if count else (None, 0)
+        mean.set_total(total, int(count))
 
 
 def _to_host(results: dict[str, Any]) -> dict[str, float]:

@@ -5,6 +5,7 @@ import torch
 from torchmetrics.classification import MulticlassAccuracy
 
 import fluxpy as fp
+from fluxpy.callbacks import metrics
 from fluxpy.testing import test_learner
 
 TRAIN, VALID = fp.TrainingPhase(), fp.ValidationPhase()
@@ -111,11 +112,44 @@ def test_torchmetrics_metric_works_unchanged():
     assert len(learner.cbstate.metricsepoch[TRAIN]["MulticlassAccuracy"]) == 1
 
 
-def test_metrics_read_to_the_host_once_per_phase_and_epoch(host_reads):
+def test_device_values_are_read_to_the_host_once_per_phase_and_epoch(host_reads):
     learner = test_learner(fp.Metrics(mean_pred, max_error, SumOfLabels()))
     host_reads.clear()  # building the test learner reads its random start
     learner.fit(2)
     assert host_reads == ["tolist"] * 4
+
+
+def test_device_and_cpu_accumulation_give_the_same_means(monkeypatch):
+    def run():
+        learner = test_learner(fp.Metrics(mean_pred, max_error), n_batches=5)
+        learner.fit(2)
+        return learner.cbstate.metricsepoch
+
+    on_the_cpu = run()
+    monkeypatch.setattr(metrics, "READ_CPU_VALUES", False)
+    as_on_a_device = run()
+    assert on_the_cpu.keys() == as_on_a_device.keys()
+    for phase, epoch in on_the_cpu.items():
+        for name, values in epoch.items():
+            assert values == pytest.approx(as_on_a_device[phase][name], rel=1e-12), name
+
+
+def test_cpu_values_are_read_per_step_and_no_tensor_is_kept(host_reads, monkeypatch):
+    kept = []
+    add = metrics._WeightedMean.add
+
+    def counting_add(self, value, size):
+        add(self, value, size)
+        kept.append(len(self.values))
+
+    monkeypatch.setattr(metrics._WeightedMean, "add", counting_add)
+    monkeypatch.setattr(metrics, "READ_CPU_VALUES", True)  # as it is (host_reads sets False)
+    learner = test_learner(fp.Metrics(mean_pred), n_batches=4)
+    host_reads.clear()
+    learner.fit(1)
+    # loss and mean_pred, for 4 training and 4 validation steps
+    assert host_reads == ["__float__"] * (2 * 8)
+    assert kept == [0] * (2 * 8)
 
 
 def test_step_values_are_kept_as_tensors():
