@@ -104,8 +104,11 @@ class LogMetrics(_Logger):
         pending, self._pending = self._pending, []
         if not pending:
             return
-        values = torch.stack([v.detach().reshape(()).to(torch.float64) for *_, v in pending])
-        for (phase, step, name, _), value in zip(pending, values.tolist()):
+        tensors = [v.detach().reshape(()).to(torch.float64) for *_, v in pending
+                   if isinstance(v, torch.Tensor)]
+        read = iter(torch.stack(tensors).tolist() if tensors else ())
+        for phase, step, name, value in pending:
+            value = next(read) if isinstance(value, torch.Tensor) else float(value)
             self._scalar(name, value, step, phase, "step")
 
 
@@ -207,7 +210,8 @@ def _log_metrics_step_end(event: StepEnd, phase: Phase, cb: LogMetrics, learner)
     index = learner.cbstate.history[phase].steps - 1
     if index % cb.every == 0:
         for name, value in learner.cbstate.metricsstep[phase].items():
-            if isinstance(value, torch.Tensor) and value.numel() == 1:
+            if isinstance(value, (int, float)) or (
+                    isinstance(value, torch.Tensor) and value.numel() == 1):
                 cb._pending.append((phase, index, name, value))
 
 

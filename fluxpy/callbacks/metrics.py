@@ -6,7 +6,8 @@ where reading a value is no sync, values are read as they come and nothing is ke
 epoch (`READ_CPU_VALUES`). Means are weighted by batch size, so a short last batch counts for
 what it holds.
 
-- `learner.cbstate.metricsstep[phase][name]`: the latest step's value (a tensor).
+- `learner.cbstate.metricsstep[phase][name]`: the latest step's value: a tensor on an
+  accelerator (reading it would sync), a float on the CPU.
 - `learner.cbstate.metricsepoch[phase][name]`: one float per completed epoch.
 
 Under distributed training the sums and counts of the means are all-reduced at epoch end (one
@@ -87,15 +88,22 @@ class _WeightedMean:
         self.host_total = 0.0  # sum of value * size read on the host
         self.host_count = 0
 
-    def add(self, value: Any, size: int) -> None:
-        if type(value) is torch.Tensor and (not value.is_cpu or not READ_CPU_VALUES):
-            self.values.append(value)
-            self.sizes.append(size)
-            if len(self.values) >= FOLD_EVERY:
-                self._fold()
-        else:
-            self.host_total += float(value) * size
-            self.host_count += size
+    def add(self, value: Any, size: int) -> Any:
+        """Add `value` with weight `size`; returns it as kept: a detached tensor on an
+        accelerator, a float otherwise."""
+        if isinstance(value, torch.Tensor):
+            if not value.is_cpu or not READ_CPU_VALUES:
+                value = value.detach()
+                self.values.append(value)
+                self.sizes.append(size)
+                if len(self.values) >= FOLD_EVERY:
+                    self._fold()
+                return value
+            value = value.item()
+        value = float(value)
+        self.host_total += value * size
+        self.host_count += size
+        return value
 
     def empty(self) -> bool:
         return not (self.count or self.values or self.host_count)
@@ -238,10 +246,13 @@ def _metrics_step_end(event: StepEnd, phase: Phase, cb: Metrics, learner):
     ys = batch.ys
     size = ys.shape[0] if type(ys) is torch.Tensor and ys.ndim else _batch_size(ys)
     loss = batch.loss
-    if loss.requires_grad:  # (not under inference_mode, in validation)
-        loss = loss.detach()
-    loss_mean.add(loss, size)
-    step["loss"] = loss
+    if loss.is_cpu and READ_CPU_VALUES:  # the add below, inline for the usual case
+        loss = loss.item()
+        loss_mean.host_total += loss * size
+        loss_mean.host_count += size
+        step["loss"] = loss
+    else:
+        step["loss"] = loss_mean.add(loss, size)
     if active:
         with torch.no_grad():
             preds = batch.preds
@@ -249,10 +260,7 @@ def _metrics_step_end(event: StepEnd, phase: Phase, cb: Metrics, learner):
                 if m.stateful:
                     m.fn.update(preds, ys)
                 else:
-                    value = m.fn(preds, ys)
-                    value = value.detach() if isinstance(value, torch.Tensor) else value
-                    means[m.name].add(value, size)
-                    step[m.name] = value
+                    step[m.name] = means[m.name].add(m.fn(preds, ys), size)
 
 
 @on.dispatch

@@ -148,18 +148,21 @@ def test_cpu_values_are_read_per_step_and_no_tensor_is_kept(host_reads, monkeypa
     host_reads.clear()
     learner.fit(1)
     # loss and mean_pred, for 4 training and 4 validation steps
-    assert host_reads == ["__float__"] * (2 * 8)
-    assert kept == [0] * (2 * 8)
+    assert host_reads == ["item"] * (2 * 8)
+    assert kept == [0] * 8  # mean_pred's (the loss is added inline)
 
 
-def test_step_values_are_kept_as_tensors():
+@pytest.mark.parametrize("read_cpu_values", [True, False])
+def test_step_values_are_floats_on_the_cpu_and_tensors_on_a_device(read_cpu_values, monkeypatch):
+    monkeypatch.setattr(metrics, "READ_CPU_VALUES", read_cpu_values)
     learner, _ = validate(mean_pred)
     step = learner.cbstate.metricsstep[VALID]
-    assert isinstance(step["loss"], torch.Tensor)
+    kind = float if read_cpu_values else torch.Tensor
+    assert isinstance(step["loss"], kind) and isinstance(step["mean_pred"], kind)
     last_x, last_y = UNEVEN[-1]
     coeff = learner.model.coeff.detach()
-    assert step["loss"].item() == pytest.approx((last_x * coeff - last_y).abs().mean().item())
-    assert step["mean_pred"].item() == pytest.approx((last_x * coeff).mean().item())
+    assert float(step["loss"]) == pytest.approx((last_x * coeff - last_y).abs().mean().item())
+    assert float(step["mean_pred"]) == pytest.approx((last_x * coeff).mean().item())
 
 
 def test_epoch_without_a_completed_step_records_nothing():
