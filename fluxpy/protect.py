@@ -85,11 +85,11 @@ def _itself(obj: Any) -> Any:
 
 
 def _read_getter(path: str, owner: Any) -> Callable[[Any], Any]:
-    get, kind = attrgetter("_fp_root." + path), _READ_KINDS.get
+    get, as_is = attrgetter("_fp_root." + path), _AS_IS_TYPES
 
     def read(view: ProtectedObject) -> Any:
         value = get(view)
-        if kind(type(value)) is _AS_IS:  # tensors, numbers: no wrapper, no call
+        if type(value) in as_is:  # tensors, numbers: no wrapper, no call
             return value
         return readonly(value, owner, path)
 
@@ -227,6 +227,8 @@ def readonly(value: Any, owner: Any, path: str) -> Any:
     kind = _READ_KINDS.get(type(value))
     if kind is None:
         kind = _READ_KINDS[type(value)] = _read_kind(value)
+        if kind is _AS_IS:
+            _AS_IS_TYPES.add(type(value))
     if kind is _AS_IS:
         return value
     if kind is _FROZEN:
@@ -238,6 +240,8 @@ _AS_IS, _FROZEN = object(), object()
 #: How `readonly` treats each type (every test below depends on the type only), so a read of
 #: a tensor or a number costs one dictionary lookup.
 _READ_KINDS: dict[type, Any] = {}
+#: The types `readonly` gives back as they are, for the getters' one-test fast path.
+_AS_IS_TYPES: set[type] = set()
 
 
 def _read_kind(value: Any) -> Any:
