@@ -211,6 +211,7 @@ def update_parameters(learner) -> None:
 #: or add a callback).
 _TRAINING_EVENTS = (STEP_BEGIN, LOSS_BEGIN, BACKWARD_BEGIN, BACKWARD_END, STEP_END)
 _VALIDATION_EVENTS = (STEP_BEGIN, LOSS_BEGIN, STEP_END)
+_TRAINING_KEY, _VALIDATION_KEY = id(_TRAINING_EVENTS), id(_VALIDATION_EVENTS)
 
 
 def _fire(learner, event: Event, phase: Phase, plan: tuple, events: tuple[Event, ...]) -> tuple:
@@ -224,7 +225,8 @@ def _training_step(learner, phase: AbstractTrainingPhase, batch):
     xs, ys = batch if type(batch) is tuple and len(batch) == 2 else _unpack(batch, phase)
     learner.batch = state = Batch(xs=xs, ys=ys, update=True)
     events = _TRAINING_EVENTS
-    plans = learner._step_plans(phase, events)
+    entry = learner._plans.get((_TRAINING_KEY, id(phase)))  # `_step_plans`, inline
+    plans = learner._step_plans(phase, events) if entry is None else entry[0]
     backward_done = False
     try:
         if plans[0]:
@@ -250,7 +252,12 @@ def _training_step(learner, phase: AbstractTrainingPhase, batch):
             plans = _fire(learner, BACKWARD_END, phase, plans[3], events)
             state = learner.batch
         if state.update:
-            update_parameters(learner)
+            if learner.scaler is None:  # `update_parameters`, inline for the usual case
+                optimizer = learner.optimizer
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                update_parameters(learner)
     except BaseException as exc:
         if backward_done:  # an unfinished step must not leak its gradients into the next update
             learner.optimizer.zero_grad(set_to_none=True)
@@ -269,7 +276,8 @@ def _validation_step(learner, phase: AbstractValidationPhase, batch):
     xs, ys = batch if type(batch) is tuple and len(batch) == 2 else _unpack(batch, phase)
     learner.batch = state = Batch(xs=xs, ys=ys)
     events = _VALIDATION_EVENTS
-    plans = learner._step_plans(phase, events)
+    entry = learner._plans.get((_VALIDATION_KEY, id(phase)))  # `_step_plans`, inline
+    plans = learner._step_plans(phase, events) if entry is None else entry[0]
     try:
         if plans[0]:
             plans = _fire(learner, STEP_BEGIN, phase, plans[0], events)

@@ -198,8 +198,7 @@ def _is_stateful(obj: Any) -> bool:
 
 
 def _batch_size(ys: Any) -> int:
-    if isinstance(ys, torch.Tensor):
-        return ys.shape[0] if ys.ndim else 1
+    """The number of examples in `ys` without a first dimension: its length, or 1."""
     try:
         return len(ys)
     except TypeError:
@@ -244,7 +243,10 @@ def _metrics_step_end(event: StepEnd, phase: Phase, cb: Metrics, learner):
     loss_mean, step, means, active = entry if current is phase else cb._steps[phase]
     batch = learner.batch
     ys = batch.ys
-    size = ys.shape[0] if type(ys) is torch.Tensor and ys.ndim else _batch_size(ys)
+    try:
+        size = ys.shape[0]  # tensors and arrays
+    except (AttributeError, IndexError, TypeError):
+        size = _batch_size(ys)
     loss = batch.loss
     if loss.is_cpu and READ_CPU_VALUES:  # the add below, inline for the usual case
         loss = loss.item()
