@@ -333,6 +333,8 @@ class Learner:
         return plan
 
     def _methods_changed(self, _fn: Any) -> None:
+        # A new dict, never a cleared one: the built-in steps tell that plans changed during
+        # an event by the identity of `_plans`.
         self._plans = {}
 
     def _declarations_changed(self, _fn: Any) -> None:

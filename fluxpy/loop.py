@@ -214,10 +214,13 @@ _VALIDATION_EVENTS = (STEP_BEGIN, LOSS_BEGIN, STEP_END)
 _TRAINING_KEY, _VALIDATION_KEY = id(_TRAINING_EVENTS), id(_VALIDATION_EVENTS)
 
 
-def _fire(learner, event: Event, phase: Phase, plan: tuple, events: tuple[Event, ...]) -> tuple:
-    """Run `plan` for `event`; then the plans of `events` (the handlers may have changed them)."""
-    learner.executor.run(event, phase, plan)
-    return learner._step_plans(phase, events)
+def _fire(learner, event: Event, phase: Phase, plans: tuple, index: int,
+          events: tuple[Event, ...]) -> tuple:
+    """Run `plans[index]` for `event`; then the plans of `events`: the same unless the
+    handlers changed them (a new method or callback replaces the learner's plan cache)."""
+    cache = learner._plans
+    learner.executor.run(event, phase, plans[index])
+    return plans if learner._plans is cache else learner._step_plans(phase, events)
 
 
 @step.dispatch
@@ -230,11 +233,11 @@ def _training_step(learner, phase: AbstractTrainingPhase, batch):
     backward_done = False
     try:
         if plans[0]:
-            plans = _fire(learner, STEP_BEGIN, phase, plans[0], events)
+            plans = _fire(learner, STEP_BEGIN, phase, plans, 0, events)
             state = learner.batch
         state.preds = learner.model(state.xs)
         if plans[1]:
-            plans = _fire(learner, LOSS_BEGIN, phase, plans[1], events)
+            plans = _fire(learner, LOSS_BEGIN, phase, plans, 1, events)
             state = learner.batch
         try:
             loss = learner.loss_fn(state.preds, state.ys)
@@ -244,12 +247,12 @@ def _training_step(learner, phase: AbstractTrainingPhase, batch):
         state.loss = loss if type(loss) is torch.Tensor and loss.ndim == 0 else _check_loss(
             loss, phase)
         if plans[2]:
-            plans = _fire(learner, BACKWARD_BEGIN, phase, plans[2], events)
+            plans = _fire(learner, BACKWARD_BEGIN, phase, plans, 2, events)
             state = learner.batch
         state.loss.backward()
         backward_done = True
         if plans[3]:
-            plans = _fire(learner, BACKWARD_END, phase, plans[3], events)
+            plans = _fire(learner, BACKWARD_END, phase, plans, 3, events)
             state = learner.batch
         if state.update:
             if learner.scaler is None:  # `update_parameters`, inline for the usual case
@@ -280,11 +283,11 @@ def _validation_step(learner, phase: AbstractValidationPhase, batch):
     plans = learner._step_plans(phase, events) if entry is None else entry[0]
     try:
         if plans[0]:
-            plans = _fire(learner, STEP_BEGIN, phase, plans[0], events)
+            plans = _fire(learner, STEP_BEGIN, phase, plans, 0, events)
             state = learner.batch
         state.preds = learner.model(state.xs)
         if plans[1]:
-            plans = _fire(learner, LOSS_BEGIN, phase, plans[1], events)
+            plans = _fire(learner, LOSS_BEGIN, phase, plans, 1, events)
             state = learner.batch
         try:
             loss = learner.loss_fn(state.preds, state.ys)

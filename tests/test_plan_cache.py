@@ -129,6 +129,29 @@ def test_registering_a_method_in_a_handler_takes_effect_within_the_epoch():
     assert cb.late_calls == N_BATCHES  # from the first step on
 
 
+def test_a_callback_added_in_a_handler_runs_later_in_the_same_step():
+    class Late(fp.Callback):
+        def __init__(self):
+            self.backward_ends = 0
+
+    @fp.on.dispatch
+    def _late_backward_end(event: fp.BackwardEnd, phase: fp.TrainingPhase, cb: Late, learner):
+        cb.backward_ends += 1
+
+    class Adder(fp.UnsafeCallback):
+        def __init__(self):
+            self.late = Late()
+
+    @fp.on.dispatch
+    def _adder_step_begin(event: fp.StepBegin, phase: fp.TrainingPhase, cb: Adder, learner):
+        if learner.get_callback(Late) is None:
+            learner.add_callback(cb.late)
+
+    cb = Adder()
+    test_learner(cb, n_batches=N_BATCHES).fit(1)
+    assert cb.late.backward_ends == N_BATCHES  # from the first step on
+
+
 def test_plans_are_built_once_per_event_and_phase(plan_builds):
     class Counter(fp.Callback):
         pass
