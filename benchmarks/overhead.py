@@ -53,8 +53,6 @@ WARMUP = {"tiny": 1, "medium": 1, "large": 0}
 #: model's fits take long enough that the machine's drift matters little there.
 PAIRED = {"tiny": True, "medium": True, "large": False}
 BASELINE = "raw (.item() per step)"
-#: The two variants whose training-step times show what 20 EpochEnd-only callbacks cost.
-STEP_VARIANTS = ("fluxpy: defaults, no progress bar", "fluxpy: defaults + 20 EpochEnd-only")
 
 
 @dataclass
@@ -151,9 +149,18 @@ def fluxpy_minimal(w: Workload) -> Callable[[], None]:
     return _fluxpy(w, [fp.Recorder(), fp.Metrics()], defaults=False)
 
 
-def fluxpy_defaults(w: Workload) -> Callable[[], None]:
+def _defaults_learner(w: Workload, extra: int = 0) -> fp.Learner:
+    """The default callbacks, quiet, plus `extra` callbacks that handle only `EpochEnd`."""
     quiet = [fp.ProgressPrinter(enabled=False), fp.MetricsPrinter(file=io.StringIO())]
-    return _fluxpy(w, quiet, defaults=True)
+    model, opt = model_and_optimizer(w)
+    return fp.Learner(model, F.cross_entropy, data=(w.train, w.valid), optimizer=opt,
+                      callbacks=quiet + [EpochEndOnly() for _ in range(extra)],
+                      use_default_callbacks=True, device="cpu")
+
+
+def fluxpy_defaults(w: Workload) -> Callable[[], None]:
+    learner = _defaults_learner(w)
+    return lambda: learner.fit(1)
 
 
 class EpochEndOnly(fp.Callback):
@@ -169,8 +176,8 @@ def _epoch_end_only(event: fp.EpochEnd, phase: fp.Phase, cb: EpochEndOnly, learn
 
 
 def fluxpy_defaults_20(w: Workload) -> Callable[[], None]:
-    quiet = [fp.ProgressPrinter(enabled=False), fp.MetricsPrinter(file=io.StringIO())]
-    return _fluxpy(w, quiet + [EpochEndOnly() for _ in range(20)], defaults=True)
+    learner = _defaults_learner(w, extra=20)
+    return lambda: learner.fit(1)
 
 
 def ignite(w: Workload) -> Callable[[], None]:
@@ -341,45 +348,70 @@ def summarize(size: str, rounds: int, times: dict[str, Times]) -> list[Row]:
 
 @dataclass(frozen=True)
 class StepTimes:
-    """Median training-step seconds of two variants, and the spread of their per-round ratio."""
+    """Median training-step seconds of two learners run in lockstep, and the median and
+    spread (min-max over rounds) of the per-step ratio of the second to the first."""
 
     plain: float
     extra: float
     ratio: Spread
+    steps: int
 
 
-def step_times(size: str, rounds: int, names: tuple[str, ...] = STEP_VARIANTS) -> StepTimes:
-    """Median seconds of one training step (batch to batch) of the two variants `names`,
-    over `rounds` rounds of one fit each (order alternating), after a warm-up round."""
-    base = make_workload(SIZES[size])
-    by_name = {v.name: v for v in VARIANTS}
-    medians: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds + 1):
-        for name in names if r % 2 == 0 else names[::-1]:
-            stamps: list[float] = []
-            w = Workload(base.sizes, _Stamped(base.train, stamps), base.valid, base.state)
-            by_name[name].prepare(w)()
-            if r:  # the first round warms up
-                medians[name].append(statistics.median(
-                    b - a for a, b in itertools.pairwise(stamps[1:-1])))
-    plain, extra = (medians[n] for n in names)
-    return StepTimes(statistics.median(plain), statistics.median(extra), Spread.of(extra, plain))
+def step_times(size: str, rounds: int) -> StepTimes:
+    """Training steps of the defaults without and with 20 `EpochEnd`-only callbacks, in
+    lockstep: two learners take every batch one right after the other, so both meet the
+    machine in the same state, and each step's time is compared with its partner's.
+
+    One learner's `fit` takes the batches from a `_Lockstep` iterable, which runs the other
+    learner's step on each batch before handing it on; the roles swap every round, so the
+    iterable's own cost falls on both alike. Each round's ratio is the median of its per-step
+    ratios; the result is the median of the rounds and their spread."""
+    w = make_workload(SIZES[size])
+    plain, extra = _defaults_learner(w), _defaults_learner(w, extra=20)
+    for learner in (plain, extra):
+        learner.fit(1)  # warm-up
+    times: dict[int, list[float]] = {id(plain): [], id(extra): []}
+    round_ratios = []
+    for r in range(rounds):
+        driver, other = (plain, extra) if r % 2 == 0 else (extra, plain)
+        mine: list[float] = []
+        theirs: list[float] = []
+        driver.fit(1, (_Lockstep(w.train, other, mine, theirs), None))
+        pairs = dict(zip((id(driver), id(other)), (mine, theirs)))
+        a, b = pairs[id(plain)], pairs[id(extra)]
+        times[id(plain)] += a
+        times[id(extra)] += b
+        round_ratios.append(statistics.median(y / x for x, y in zip(a, b)))
+    return StepTimes(statistics.median(times[id(plain)]), statistics.median(times[id(extra)]),
+                     Spread(statistics.median(round_ratios), min(round_ratios),
+                            max(round_ratios)), len(times[id(plain)]))
 
 
-class _Stamped:
-    """Batches that note the time each one is taken (and when the epoch's data runs out)."""
+class _Lockstep:
+    """Training batches for one learner's fit that first give each batch to `other`'s
+    training step, timing both: `other`'s step directly, the fit's from handing the batch on
+    to being asked for the next one."""
 
-    def __init__(self, batches: list, stamps: list[float]) -> None:
-        self.batches, self.stamps = batches, stamps
+    def __init__(self, batches: list, other: fp.Learner, mine: list[float],
+                 theirs: list[float]) -> None:
+        self.batches, self.other, self.mine, self.theirs = batches, other, mine, theirs
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __iter__(self):
-        for batch in self.batches:
-            self.stamps.append(time.perf_counter())
-            yield batch
-        self.stamps.append(time.perf_counter())
+        phase = fp.TrainingPhase()
+        step = fp.step.resolve(fp.Learner, fp.TrainingPhase, tuple)
+        clock = time.perf_counter
+        self.other.model.train()
+        with fp.run_epoch(self.other, phase):
+            for batch in self.batches:
+                start = clock()
+                step(self.other, phase, batch)
+                self.theirs.append(clock() - start)
+                start = clock()
+                yield batch
+                self.mine.append(clock() - start)
 
 
 @dataclass
@@ -431,9 +463,11 @@ def markdown(res: Results) -> str:
     st = res.steps
     lines += [
         "",
-        f"- 20 callbacks that handle only `EpochEnd`: median training step (tiny MLP, "
-        f"batch to batch) {st.plain * 1e6:.1f} us with the defaults, {st.extra * 1e6:.1f} us "
-        f"with the 20 added; per-round ratio {st.ratio} ({100 * (st.ratio.median - 1):+.2f}%).",
+        f"- 20 callbacks that handle only `EpochEnd`: median training step (tiny MLP) "
+        f"{st.plain * 1e6:.1f} us with the defaults, {st.extra * 1e6:.1f} us with the 20 "
+        f"added, run in lockstep ({st.steps} steps each: two learners take every batch one "
+        f"right after the other, roles swapped every round); per-step ratio, median of the "
+        f"rounds (min-max): {st.ratio} ({100 * (st.ratio.median - 1):+.2f}%).",
         "- Warm-up before the timed rounds: " + ", ".join(
             f"{WARMUP[s]} round(s) for {s}" for s in SIZES) + ".",
     ]
@@ -451,7 +485,7 @@ def to_json(res: Results) -> dict:
                   "ratio": r.cpu.median, "low": r.cpu.low, "high": r.cpu.high,
                   "wall_ratio": r.wall.median, "rounds": r.rounds} for r in res.rows],
         "skipped": res.skipped,
-        "steps": {"plain_seconds": st.plain, "extra_seconds": st.extra,
+        "steps": {"plain_seconds": st.plain, "extra_seconds": st.extra, "steps": st.steps,
                   "ratio": st.ratio.median, "low": st.ratio.low, "high": st.ratio.high},
         "load": res.load,
     }
