@@ -52,6 +52,8 @@ from .loop import (
     LOSS_BEGIN,
     STEP_BEGIN,
     STEP_END,
+    TRAINING_STEP_EVENTS,
+    VALIDATION_STEP_EVENTS,
     epoch,
 )
 from .phases import Phase, TrainingPhase, ValidationPhase
@@ -305,7 +307,10 @@ class Learner:
         self._plans = {}
         self._stale = False
         for event, phase in _BUILTIN_PAIRS:  # plan now, so the first fit starts ready
-            self._plan(event, phase)
+            self._plan_entry(event, phase)
+        for phase, events in ((_TRAINING, TRAINING_STEP_EVENTS),
+                              (_VALIDATION, VALIDATION_STEP_EVENTS)):
+            self._step_plans(phase, events)
         if init:
             for cb, v in zip(graph.callbacks, views):
                 if id(cb) not in old and runs_on_this_rank(cb):

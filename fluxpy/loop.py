@@ -209,9 +209,9 @@ def update_parameters(learner) -> None:
 #: executor with the plans `Learner._step_plans` gives, skipping events without handlers, and
 #: ask for the plans again after each event that ran handlers (a handler may register a method
 #: or add a callback).
-_TRAINING_EVENTS = (STEP_BEGIN, LOSS_BEGIN, BACKWARD_BEGIN, BACKWARD_END, STEP_END)
-_VALIDATION_EVENTS = (STEP_BEGIN, LOSS_BEGIN, STEP_END)
-_TRAINING_KEY, _VALIDATION_KEY = id(_TRAINING_EVENTS), id(_VALIDATION_EVENTS)
+TRAINING_STEP_EVENTS = (STEP_BEGIN, LOSS_BEGIN, BACKWARD_BEGIN, BACKWARD_END, STEP_END)
+VALIDATION_STEP_EVENTS = (STEP_BEGIN, LOSS_BEGIN, STEP_END)
+_TRAINING_KEY, _VALIDATION_KEY = id(TRAINING_STEP_EVENTS), id(VALIDATION_STEP_EVENTS)
 
 
 def _fire(learner, event: Event, phase: Phase, plans: tuple, index: int,
@@ -227,7 +227,7 @@ def _fire(learner, event: Event, phase: Phase, plans: tuple, index: int,
 def _training_step(learner, phase: AbstractTrainingPhase, batch):
     xs, ys = batch if type(batch) is tuple and len(batch) == 2 else _unpack(batch, phase)
     learner.batch = state = Batch(xs=xs, ys=ys, update=True)
-    events = _TRAINING_EVENTS
+    events = TRAINING_STEP_EVENTS
     entry = learner._plans.get((_TRAINING_KEY, id(phase)))  # `_step_plans`, inline
     plans = learner._step_plans(phase, events) if entry is None else entry[0]
     backward_done = False
@@ -278,7 +278,7 @@ def _training_step(learner, phase: AbstractTrainingPhase, batch):
 def _validation_step(learner, phase: AbstractValidationPhase, batch):
     xs, ys = batch if type(batch) is tuple and len(batch) == 2 else _unpack(batch, phase)
     learner.batch = state = Batch(xs=xs, ys=ys)
-    events = _VALIDATION_EVENTS
+    events = VALIDATION_STEP_EVENTS
     entry = learner._plans.get((_VALIDATION_KEY, id(phase)))  # `_step_plans`, inline
     plans = learner._step_plans(phase, events) if entry is None else entry[0]
     try:
