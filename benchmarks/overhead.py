@@ -47,7 +47,7 @@ SIZES: dict[str, tuple[int, ...]] = {
 }
 #: Timed rounds per size in the default run (one fit of every variant per round), and the
 #: untimed rounds before them. The large model's fits take seconds each: fewer rounds there.
-REPEATS = {"tiny": 31, "medium": 5, "large": 2}
+REPEATS = {"tiny": 61, "medium": 5, "large": 2}
 WARMUP = {"tiny": 1, "medium": 1, "large": 0}
 #: Whether each variant's fits are paired with baseline fits (see `measure`); the large
 #: model's fits take long enough that the machine's drift matters little there.
