@@ -90,13 +90,13 @@ epoch = GenericFunction(_epoch, arity=3, params="learner, phase, data")
 
 def _run_steps(learner, phase: Phase, data) -> None:
     impl, impl_type = None, None
-    in_step = False  # whether an error comes from a step rather than from the data
+    in_step = False  # whether an error comes from the loop's body rather than from the data
     try:
         for batch in data:
+            in_step = True
             if type(batch) is not impl_type:  # resolve once per epoch, not per step
                 impl_type = type(batch)
                 impl = step.resolve(type(learner), type(phase), impl_type)
-            in_step = True
             try:
                 impl(learner, phase, batch)
             except CancelStepException:  # from a custom step's run_step, raised at StepBegin
