@@ -148,6 +148,10 @@ class Learner:
         self.scaler = None
         self.epoch_phases: tuple[Phase, ...] = ()
         self.closing_epoch: Phase | None = None  # the phase whose EpochEnd is running
+        # The latest training step's autograd graph, kept until the next step has built its
+        # own: it holds the parameters' gradient accumulators, which the next forward reuses
+        # instead of making anew (see `loop._training_step`).
+        self._last_graph: Any = None
         # (event, phase) -> plan, and (id(event), id(phase)) -> (plan, event, phase)
         self._plans: dict[tuple[Any, Any], Any] = {}
         self._stale = False

@@ -121,7 +121,10 @@ def _no_batches(phase: Phase, data: Any) -> str:
 @epoch.dispatch
 def _training_epoch(learner, phase: AbstractTrainingPhase, data):
     learner.model.train()
-    _epoch(learner, phase, data)
+    try:
+        _epoch(learner, phase, data)
+    finally:
+        learner._last_graph = None  # nothing of the steps outlives the epoch
 
 
 @epoch.dispatch
@@ -249,8 +252,10 @@ def _training_step(learner, phase: AbstractTrainingPhase, batch):
         if plans[2]:
             plans = _fire(learner, BACKWARD_BEGIN, phase, plans, 2, events)
             state = learner.batch
-        state.loss.backward()
+        loss = state.loss
+        loss.backward()
         backward_done = True
+        learner._last_graph = loss.grad_fn  # see Learner._last_graph
         if plans[3]:
             plans = _fire(learner, BACKWARD_END, phase, plans, 3, events)
             state = learner.batch
