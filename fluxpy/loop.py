@@ -226,6 +226,10 @@ def _fire(learner, event: Event, phase: Phase, plans: tuple, index: int,
     return plans if learner._plans is cache else learner._step_plans(phase, events)
 
 
+# The two built-in steps share their first half (StepBegin, forward, LossBegin, loss) line for
+# line rather than through a helper: it saves a call on every step.
+
+
 @step.dispatch
 def _training_step(learner, phase: AbstractTrainingPhase, batch):
     xs, ys = batch if type(batch) is tuple and len(batch) == 2 else _unpack(batch, phase)
