@@ -47,15 +47,13 @@ class _Node:
     property with a C-level getter, a `Read` leaf a property with one small function. So a
     granted read is an ordinary attribute lookup, and a view allocates nothing when read."""
 
-    __slots__ = ("base", "entries", "owner", "prefix", "tree", "view")
+    __slots__ = ("base", "owner", "prefix", "tree", "view")
 
     def __init__(self, tree: Access, owner: Any, prefix: str, root: Any) -> None:
         self.tree = tree
         self.base = tree.base
         self.owner = owner
         self.prefix = prefix
-        #: name -> the child node (a granted namespace) or None (a `Read`/`Write` leaf)
-        self.entries: dict[str, _Node | None] = {}
         namespace: dict[str, Any] = {
             "__slots__": (),
             "_fp_node": self,
@@ -64,13 +62,10 @@ class _Node:
         for name, child in tree.items:
             path = prefix + name
             if isinstance(child, Access):
-                sub = self.entries[name] = _Node(child, owner, path + ".", root)
-                namespace[name] = sub.view
+                namespace[name] = _Node(child, owner, path + ".", root).view
             elif type(child) is Write:
-                self.entries[name] = None
                 namespace[name] = property(attrgetter("_fp_root." + path))
             else:
-                self.entries[name] = None
                 namespace[name] = property(_read_getter(path, owner))
         self.view = _new_view(type("ProtectedObject", (ProtectedObject,), namespace))
         _set_root(self.view, root)
@@ -126,7 +121,7 @@ class ProtectedObject:
         if name.startswith(("__", "_fp_")):  # the view's own attributes, not initialised
             raise AttributeError(name)
         node = type(self)._fp_node
-        if name in node.entries:  # granted, but the object has no such attribute (yet):
+        if node.get(name) is not None:  # granted, but the object has no such attribute (yet):
             getattr(_target(self), name)  # the object's own AttributeError
             raise AttributeError(name)  # (the getter failed otherwise: never the raw value)
         return _unnamed(self, node, name)
@@ -161,7 +156,7 @@ class ProtectedObject:
         node = type(self)._fp_node
         if node.base is not None:
             return dir(_target(self))
-        return sorted(node.entries)
+        return sorted(name for name, _ in node.tree.items)
 
     def __repr__(self) -> str:
         node = type(self)._fp_node
