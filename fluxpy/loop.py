@@ -215,6 +215,7 @@ def update_parameters(learner) -> None:
 TRAINING_STEP_EVENTS = (STEP_BEGIN, LOSS_BEGIN, BACKWARD_BEGIN, BACKWARD_END, STEP_END)
 VALIDATION_STEP_EVENTS = (STEP_BEGIN, LOSS_BEGIN, STEP_END)
 _TRAINING_KEY, _VALIDATION_KEY = id(TRAINING_STEP_EVENTS), id(VALIDATION_STEP_EVENTS)
+_new_batch = object.__new__  # an empty Batch without the keyword-argument loop of __init__
 
 
 def _fire(learner, event: Event, phase: Phase, plans: tuple, index: int,
@@ -233,7 +234,8 @@ def _fire(learner, event: Event, phase: Phase, plans: tuple, index: int,
 @step.dispatch
 def _training_step(learner, phase: AbstractTrainingPhase, batch):
     xs, ys = batch if type(batch) is tuple and len(batch) == 2 else _unpack(batch, phase)
-    learner.batch = state = Batch(xs=xs, ys=ys, update=True)
+    learner.batch = state = _new_batch(Batch)  # `Batch(xs=xs, ys=ys, update=True)`, inline
+    state.xs, state.ys, state.update = xs, ys, True
     events = TRAINING_STEP_EVENTS
     entry = learner._plans.get((_TRAINING_KEY, id(phase)))  # `_step_plans`, inline
     plans = learner._step_plans(phase, events) if entry is None else entry[0]
@@ -286,7 +288,8 @@ def _training_step(learner, phase: AbstractTrainingPhase, batch):
 @step.dispatch
 def _validation_step(learner, phase: AbstractValidationPhase, batch):
     xs, ys = batch if type(batch) is tuple and len(batch) == 2 else _unpack(batch, phase)
-    learner.batch = state = Batch(xs=xs, ys=ys)
+    learner.batch = state = _new_batch(Batch)  # `Batch(xs=xs, ys=ys)`, inline
+    state.xs, state.ys = xs, ys
     events = VALIDATION_STEP_EVENTS
     entry = learner._plans.get((_VALIDATION_KEY, id(phase)))  # `_step_plans`, inline
     plans = learner._step_plans(phase, events) if entry is None else entry[0]

@@ -29,6 +29,7 @@ import torch
 
 from .access import Access, Read, Write
 from .errors import ProtectedError
+from .state import Batch
 
 __all__ = ["ProtectedObject", "ReadOnlyMapping", "ReadOnlyObject", "ReadOnlySequence", "protect"]
 
@@ -188,7 +189,7 @@ _set_root = ProtectedObject._fp_root.__set__  # type: ignore[attr-defined]
 
 
 def _is_namespace(value: Any) -> bool:
-    return isinstance(value, types.SimpleNamespace) or attrs.has(type(value))
+    return isinstance(value, (types.SimpleNamespace, Batch)) or attrs.has(type(value))
 
 
 class _Denied:
@@ -250,7 +251,7 @@ def _read_kind(value: Any) -> Any:
         return _FROZEN
     if callable(value):  # functions, modules, loss objects: reading means calling them
         return _AS_IS
-    if isinstance(value, types.SimpleNamespace) or attrs.has(type(value)) or (
+    if _is_namespace(value) or (
         type(value).__module__.startswith("fluxpy.")
         and not isinstance(value, (ProtectedObject, _ReadOnly, torch.nn.Module))
     ):
