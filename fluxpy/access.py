@@ -9,6 +9,7 @@ paths, which the callback graph compares: two paths overlap when one is a prefix
 
 from __future__ import annotations
 
+import keyword
 from collections.abc import Iterator
 from typing import Union
 
@@ -153,6 +154,11 @@ def _merge(a: Node | None, b: Node | None) -> Node | None:
 
 
 def _check_child(name: str, child: object) -> None:
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise TypeError(
+            f"Access({name!r}=...): {name!r} is not an attribute name; learner state is read "
+            "as learner.<name>, so each name must be a Python identifier (and not a keyword)."
+        )
     if name.startswith(("__", "_fp_")):
         raise TypeError(
             f"Access({name}=...): names starting with '__' or '_fp_' belong to the protected "

@@ -6,9 +6,10 @@ is checked against the callback's `stateaccess` tree, all the way down nested na
 naming the callback, the full path and the fix.
 
 A view is built once per callback and learner, with one object per node of the tree, whose
-class attributes are the granted names: a `Write` read is a C-level attribute lookup, a `Read`
-read one small function. Views are live: `learner.batch` as a handler sees it is the same view
-every step and always shows the learner's current batch.
+class attributes are the granted names: a granted leaf is a property whose getter is compiled
+for its path (`learner.batch.loss` reads `root.batch.loss` directly, and a `Read` adds one type
+test). Views are live: `learner.batch` as a handler sees it is the same view every step and
+always shows the learner's current batch.
 
 Under a `Read()` node, containers and namespaces come back read-only (`ReadOnlyMapping`,
 `ReadOnlySequence`, `ReadOnlyObject`): a callback allowed to read `cbstate.history` cannot
@@ -19,6 +20,7 @@ declarations and the graph, not with proxies that would break torch.
 from __future__ import annotations
 
 import copy
+import keyword
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from operator import attrgetter
@@ -44,9 +46,9 @@ def protect(learner: Any, access: Access, callback: Any) -> ProtectedObject:
 class _Node:
     """One node of a permission tree, compiled once for one learner into `view`, the only
     instance of its own subclass of `ProtectedObject`. The class attributes of that subclass
-    are the granted names: a granted namespace is its child's view itself, a `Write` leaf a
-    property with a C-level getter, a `Read` leaf a property with one small function. So a
-    granted read is an ordinary attribute lookup, and a view allocates nothing when read."""
+    are the granted names: a granted namespace is its child's view itself, a leaf a property
+    whose getter is compiled for its path (see `_leaf_getter`). So a granted read is an
+    ordinary attribute lookup, and a view allocates nothing when read."""
 
     __slots__ = ("base", "owner", "prefix", "tree", "view")
 
@@ -64,10 +66,8 @@ class _Node:
             path = prefix + name
             if isinstance(child, Access):
                 namespace[name] = _Node(child, owner, path + ".", root).view
-            elif type(child) is Write:
-                namespace[name] = property(attrgetter("_fp_root." + path))
             else:
-                namespace[name] = property(_read_getter(path, owner))
+                namespace[name] = property(_leaf_getter(path, owner, root, type(child) is Write))
         self.view = _new_view(type("ProtectedObject", (ProtectedObject,), namespace))
         _set_root(self.view, root)
 
@@ -80,16 +80,31 @@ def _itself(obj: Any) -> Any:
     return obj
 
 
-def _read_getter(path: str, owner: Any) -> Callable[[Any], Any]:
-    get, as_is = attrgetter("_fp_root." + path), _AS_IS_TYPES
+def _leaf_getter(path: str, owner: Any, root: Any, write: bool) -> Callable[[Any], Any]:
+    """The getter of a granted leaf at `path` (e.g. `batch.loss`) of `root`'s view.
 
-    def read(view: ProtectedObject) -> Any:
-        value = get(view)
-        if type(value) in as_is:  # tensors, numbers: no wrapper, no call
-            return value
-        return readonly(value, owner, path)
-
-    return read
+    Compiled for the path, like attrs compiles `__init__`: `root.batch.loss` in the source, so
+    every hop is an attribute load the interpreter specialises, where `attrgetter` or a loop
+    over the names would look each name up generically. A view has a single root (each tree
+    node's class is built for one learner), so the getter holds it and ignores the view. A
+    `Read` leaf returns tensors and numbers as they are and anything else through `readonly`.
+    """
+    if not all(part.isidentifier() and not keyword.iskeyword(part) for part in path.split(".")):
+        raise ValueError(f"{path!r} is not a valid attribute path")  # `Access` rejects these
+    if write:
+        source = f"def get(view):\n    return root.{path}\n"
+    else:
+        source = (f"def get(view):\n"
+                  f"    value = root.{path}\n"
+                  f"    if type(value) in as_is:  # tensors, numbers: no wrapper, no call\n"
+                  f"        return value\n"
+                  f"    return readonly(value, owner, path)\n")
+    scope = {"root": root, "as_is": _AS_IS_TYPES, "readonly": readonly, "owner": owner,
+             "path": path}
+    exec(compile(source, f"<fluxpy view of {path}>", "exec"), scope)
+    get = scope["get"]
+    get.__qualname__ = f"view.{path}"
+    return get
 
 
 class ProtectedObject:

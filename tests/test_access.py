@@ -131,5 +131,12 @@ def test_names_of_the_view_itself_cannot_be_granted(name):
         fp.Access(**{name: fp.Write()})
 
 
+@pytest.mark.parametrize("name", ["a b", "2nd", "batch.loss", "class", ""])
+def test_names_must_be_attribute_names(name):
+    with pytest.raises(TypeError, match=rf"Access\({name!r}=\.\.\.\): {name!r} is not an "
+                                        "attribute name"):
+        fp.Access(**{name: fp.Read()})
+
+
 def test_repr_shows_the_tree():
     assert repr(fp.Access(batch=fp.Access(loss=fp.Read()))) == "Access(batch=Access(loss=Read()))"
