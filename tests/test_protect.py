@@ -422,3 +422,15 @@ def test_a_denied_write_into_a_container_suggests_the_attribute_to_grant():
     learner.fit(1)
     with pytest.raises(fp.ProtectedError, match=_msg("e.g. fp.Write() at 'cbstate.history' in")):
         view.cbstate.history[fp.TrainingPhase()].steps = 0
+
+
+def test_leaf_getters_are_compiled_only_for_attribute_paths():
+    from fluxpy.protect import _leaf_getter
+
+    with pytest.raises(ValueError, match=r"'batch\.a b' is not a valid attribute path"):
+        _leaf_getter("batch.a b", owner=None, root=None, write=False)
+    learner = Batch(batch=Batch(loss=torch.tensor(2.0), log=[1]))
+    assert _leaf_getter("batch.loss", None, learner, write=True)(None) is learner.batch.loss
+    assert _leaf_getter("batch.loss", None, learner, write=False)(None) is learner.batch.loss
+    assert isinstance(_leaf_getter("batch.log", None, learner, write=False)(None),
+                      ReadOnlySequence)
