@@ -153,8 +153,13 @@ def _merge(a: Node | None, b: Node | None) -> Node | None:
     return Access._make(children, _merge(a.base, b.base))
 
 
+def is_attribute_name(name: str) -> bool:
+    """Whether `name` can follow a dot: an identifier that is not a keyword."""
+    return name.isidentifier() and not keyword.iskeyword(name)
+
+
 def _check_child(name: str, child: object) -> None:
-    if not name.isidentifier() or keyword.iskeyword(name):
+    if not is_attribute_name(name):
         raise TypeError(
             f"Access({name!r}=...): {name!r} is not an attribute name; learner state is read "
             "as learner.<name>, so each name must be a Python identifier (and not a keyword)."

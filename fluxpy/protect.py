@@ -20,7 +20,6 @@ declarations and the graph, not with proxies that would break torch.
 from __future__ import annotations
 
 import copy
-import keyword
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from operator import attrgetter
@@ -29,7 +28,7 @@ from typing import Any
 import attrs
 import torch
 
-from .access import Access, Read, Write
+from .access import Access, Read, Write, is_attribute_name
 from .errors import ProtectedError
 from .state import Batch
 
@@ -89,7 +88,7 @@ def _leaf_getter(path: str, owner: Any, root: Any, write: bool) -> Callable[[Any
     node's class is built for one learner), so the getter holds it and ignores the view. A
     `Read` leaf returns tensors and numbers as they are and anything else through `readonly`.
     """
-    if not all(part.isidentifier() and not keyword.iskeyword(part) for part in path.split(".")):
+    if not all(map(is_attribute_name, path.split("."))):
         raise ValueError(f"{path!r} is not a valid attribute path")  # `Access` rejects these
     if write:
         source = f"def get(view):\n    return root.{path}\n"
