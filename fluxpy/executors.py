@@ -3,7 +3,7 @@
 The learner resolves each `(event, phase)` once into a plan: a tuple of `Handler`s in
 topological order, holding only callbacks that have a real method for that pair. An executor
 gets that plan for every fired event and must run every handler after the handlers in its
-`.after`, and never at the same time as one in its `.excludes`.
+`.after`.
 
 - `SerialExecutor` (default): in order, in the calling thread.
 - `ThreadedExecutor(max_workers)`: each handler as soon as its `.after` are done. The graph
@@ -37,11 +37,9 @@ class Handler:
         name: its name in the graph (e.g. `Metrics` or `Metrics#2`).
         method: the `on` method that dispatch picked.
         after: the handlers of the same plan that must finish before this one starts.
-        excludes: handlers of the same plan that must not run at the same time as this one.
     """
 
-    __slots__ = ("after", "args", "callback", "event", "excludes", "learner", "method", "name",
-                 "phase")
+    __slots__ = ("after", "args", "callback", "event", "learner", "method", "name", "phase")
 
     def __init__(self, callback: Any, name: str, method: Callable[..., Any], event: Any,
                  phase: Any, learner: Any) -> None:
@@ -54,7 +52,6 @@ class Handler:
         # The method's arguments, packed once: `method(*args)` is the cheapest call per step.
         self.args = (event, phase, callback, learner)
         self.after: tuple[Handler, ...] = ()
-        self.excludes: tuple[Handler, ...] = ()
 
     def __call__(self) -> None:
         try:
@@ -132,14 +129,10 @@ class ThreadedExecutor(Executor):
         errors: list[tuple[int, BaseException]] = []
         while pending or running:
             if not errors:
-                busy = {id(h) for h in running.values()}
                 for h in list(pending):
-                    if all(id(a) in done for a in h.after) and not any(
-                        id(x) in busy for x in h.excludes
-                    ):
+                    if all(id(a) in done for a in h.after):
                         pending.remove(h)
                         running[pool.submit(h)] = h
-                        busy.add(id(h))
             else:
                 pending.clear()
             if not running:

@@ -333,10 +333,6 @@ class Learner:
         for k, h in enumerate(handlers):
             i = index[k]
             h.after = tuple(handlers[m] for m in range(k) if index[m] in graph.ancestors[i])
-            h.excludes = tuple(
-                handlers[m] for m in range(len(handlers))
-                if (min(i, index[m]), max(i, index[m])) in graph.exclusive
-            )
         plan = tuple(handlers)
         self._plans[(event, phase)] = plan
         return plan

@@ -148,7 +148,7 @@ def test_threaded_executor_never_overlaps_a_no_conflict_pair():
     fp.resolveconflict.dispatch(_resolve)
     learner = threaded(left(), right())
     plan = learner._plan(PROBE, PHASE)
-    assert [[x.name for x in h.excludes] for h in plan] == [["Right"], ["Left"]]
+    assert [[x.name for x in h.after] for h in plan] == [[], ["Left"]]
     learner.handle(PROBE, PHASE)
     assert met == []
     learner.executor.close()
