@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch first, pinned: the CPU wheel on this machine kind; any looser spec pulls CUDA builds.
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint docs serve-docs bench clean
+.PHONY: demo test lint docs serve-docs bench gpu-check clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,11 @@ serve-docs: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/run_all.py
+
+# On a CUDA machine: host syncs per step, ConvNet overhead, DDP over NCCL (benchmarks/gpu_check.py).
+# Uses the project's .venv when there is one, else $(PY) with fluxpy's dependencies installed.
+gpu-check:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY)) benchmarks/gpu_check.py --out benchmarks/results/gpu_check.md
 
 clean:
 	rm -rf $(VENV) site .pytest_cache .ruff_cache
