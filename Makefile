@@ -19,12 +19,12 @@ demo: $(VENV)/.installed
 	$(BIN)/python -m fluxpy demo
 
 test: $(VENV)/.installed
-	$(BIN)/ruff check fluxpy tests benchmarks examples
+	$(BIN)/ruff check fluxpy tests benchmarks examples docs
 	$(BIN)/python -m pytest -q
 	$(MAKE) docs
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check fluxpy tests benchmarks examples
+	$(BIN)/ruff check fluxpy tests benchmarks examples docs
 
 docs: $(VENV)/.installed
 	$(BIN)/mkdocs build --strict --quiet
