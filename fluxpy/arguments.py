@@ -16,7 +16,10 @@ __all__ = ["flatten_callbacks", "make_optimizer", "missing_defaults", "resolve_d
 
 
 def flatten_callbacks(roots: Iterable[Callback]) -> tuple[list[Callback], dict[int, Callback]]:
-    """Callbacks with groups expanded depth-first, and `id(child) -> group`."""
+    """Callbacks with groups expanded depth-first, and `id(child) -> group`.
+
+    A group is a callback whose `subcallbacks()` returns callbacks; nothing else makes one (a
+    `callbacks` attribute of a callback is just an attribute)."""
     flat: list[Callback] = []
     groups: dict[int, Callback] = {}
     seen: set[int] = set()
@@ -37,10 +40,13 @@ def flatten_callbacks(roots: Iterable[Callback]) -> tuple[list[Callback], dict[i
         flat.append(cb)
         if group is not None:
             groups[id(cb)] = group
-        children = getattr(cb, "callbacks", None)
-        if callable(children):
-            children = children()
-        for child in children or ():
+        children = cb.subcallbacks()
+        if not isinstance(children, (tuple, list)):
+            raise CallbackDeclarationError(
+                f"{type(cb).__name__}.subcallbacks() returned {children!r}: return a tuple of "
+                "the callbacks in the group"
+            )
+        for child in children:
             visit(child, cb)
 
     for cb in roots:

@@ -23,9 +23,9 @@ Extending:
         def _(cb: Printer):
             return fp.Access(batch=fp.Access(loss=fp.Read()))
 
-    A callback may also carry other callbacks (a `callbacks` attribute, or a method returning
-    them); the learner adds them recursively. `init(learner)` runs once when a learner adopts
-    the callback, with its protected view.
+    A callback may also carry other callbacks, a group: it returns them from
+    `subcallbacks()`, and the learner adds them recursively, after the group. `init(learner)`
+    runs once when a learner adopts the callback, with its protected view.
 """
 
 from __future__ import annotations
@@ -56,6 +56,13 @@ class Callback:
 
     def init(self, learner) -> None:
         """Called once when a learner adopts this callback (with the protected view)."""
+
+    def subcallbacks(self) -> tuple[Callback, ...]:
+        """The callbacks this one carries (a group); the learner adds them after it.
+
+        Override it to make a group; the default, `()`, is a plain callback.
+        """
+        return ()
 
 
 class UnsafeCallback(Callback):

@@ -37,7 +37,10 @@ class LossLogger(fp.Callback):
 class Bundle(fp.Callback):
     """A group: carries a `Clip`."""
 
-    callbacks: list = attrs.Factory(lambda: [Clip()])
+    members: list = attrs.Factory(lambda: [Clip()])
+
+    def subcallbacks(self):
+        return tuple(self.members)
 
 
 @fp.stateaccess.dispatch

@@ -1,5 +1,7 @@
 """The Learner: the forms its arguments take, default callbacks, groups, and changing callbacks."""
 
+import re
+
 import attrs
 import pytest
 import torch
@@ -34,20 +36,23 @@ def _initcount_epoch_end(event: fp.EpochEnd, phase: fp.Phase, cb: InitCount, lea
 
 @attrs.define
 class Bundle(fp.Callback):
-    """A group given by a `callbacks` attribute."""
+    """A group: its members are what `subcallbacks` returns."""
 
-    callbacks: list = attrs.Factory(list)
+    members: list = attrs.Factory(list)
+
+    def subcallbacks(self):
+        return tuple(self.members)
 
 
 @attrs.define
 class CountingBundle(fp.Callback):
-    """A group given by a `callbacks()` method, with a handler of its own."""
+    """A group with a handler of its own."""
 
     inner: list = attrs.Factory(list)
     epochs: int = 0
 
-    def callbacks(self):
-        return self.inner
+    def subcallbacks(self):
+        return tuple(self.inner)
 
 
 @fp.on.dispatch
@@ -246,6 +251,33 @@ def test_explain_shows_the_group_of_each_callback():
 def test_group_member_counts_as_a_given_default():
     learner = learner_with(use_default_callbacks=True, callbacks=[Bundle([fp.Recorder()])])
     assert sum(isinstance(c, fp.Recorder) for c in learner.callbacks) == 1
+
+
+def test_a_callbacks_attribute_does_not_make_a_group():
+    @attrs.define
+    class Notifier(fp.Callback):
+        """Calls its `callbacks` (plain functions) at the end of each epoch."""
+
+        callbacks: list = attrs.Factory(list)
+
+    notifier = Notifier([print, len])
+    learner = learner_with(callbacks=[notifier, fp.Recorder()])
+    assert [type(c) for c in learner.callbacks] == [Notifier, fp.Recorder]
+    assert learner.groups == {}
+
+
+def test_a_callback_has_no_subcallbacks_by_default():
+    assert fp.Recorder().subcallbacks() == ()
+
+
+def test_subcallbacks_that_is_not_a_tuple_or_list_is_an_error_naming_the_group():
+    class Broken(fp.Callback):
+        def subcallbacks(self):
+            return None
+
+    with pytest.raises(fp.CallbackDeclarationError, match=re.escape(
+            "Broken.subcallbacks() returned None: return a tuple of the callbacks in the group")):
+        learner_with(callbacks=[Broken()])
 
 
 def test_non_callback_in_a_group_is_an_error_naming_the_group():

@@ -252,7 +252,7 @@ def test_a_callback_class_instead_of_an_instance_says_to_call_it():
 def test_a_non_callback_in_a_group_names_the_group():
     group = callback_type("Group")
     instance = group()
-    instance.callbacks = [fp.Recorder(), "progress"]
+    instance.subcallbacks = lambda: (fp.Recorder(), "progress")
     with pytest.raises(fp.CallbackDeclarationError, match=re.escape(
         "'progress' is not a callback: callbacks are instances of fp.Callback subclasses "
         "(found in Group)"
