@@ -18,9 +18,14 @@ Extending:
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from typing import Any
+
+import attrs
+import torch
 
 from .errors import CancelEpochException, CancelFitException, CancelStepException
 
@@ -102,9 +107,16 @@ class SerialExecutor(Executor):
 class ThreadedExecutor(Executor):
     """Runs each handler on a thread pool as soon as the handlers it depends on are done.
 
-    One event completes before the next starts. If handlers raise, the running ones are
-    allowed to finish, no new ones start, and the first exception (in plan order) is raised in
-    the calling thread with its original type, traceback and note.
+    It gives the serial result:
+
+    - Handlers run under the calling thread's torch modes (grad and inference mode, autocast,
+      default device), which are per thread in torch.
+    - A handler starts only after its `.after` are done, so ordered handlers never overlap and
+      keep their plan order (draws from torch's global generator included).
+    - `run` returns only when every handler it started has finished, also when one raised or
+      Ctrl-C arrived while it waited; once that happened, no new handler starts. An error wins
+      over a cancel exception, then plan order decides; the exception raised keeps its type,
+      traceback and notes, and the others are added to it as notes.
 
     Args:
         max_workers: threads in the pool.
@@ -121,31 +133,16 @@ class ThreadedExecutor(Executor):
         if len(handlers) == 1:
             handlers[0]()
             return
-        pool = self._ensure_pool()
-        position = {id(h): k for k, h in enumerate(handlers)}
-        done: set[int] = set()
-        running: dict[Future, Handler] = {}
-        pending = list(handlers)
-        errors: list[tuple[int, BaseException]] = []
-        while pending or running:
-            if not errors:
-                for h in list(pending):
-                    if all(id(a) in done for a in h.after):
-                        pending.remove(h)
-                        running[pool.submit(h)] = h
-            else:
-                pending.clear()
-            if not running:
-                break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                h = running.pop(future)
-                exc = future.exception()
-                if exc is not None:
-                    errors.append((position[id(h)], exc))
-                done.add(id(h))
-        if errors:
-            raise min(errors, key=lambda e: e[0])[1]
+        batch = _Batch(handlers, _TorchModes.capture())
+        interrupt = None
+        try:
+            batch.schedule(self._ensure_pool())
+        except BaseException as exc:  # Ctrl-C (or any error) in the calling thread
+            interrupt = exc
+        batch.stop_and_wait()
+        raised = batch.exception(interrupt)
+        if raised is not None:
+            raise raised  # outside `except`: its traceback and context stay its own
 
     def _ensure_pool(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -164,3 +161,131 @@ class ThreadedExecutor(Executor):
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["max_workers"])
+
+
+#: Device types whose autocast state a worker thread takes over from the calling thread.
+_AUTOCAST_DEVICE_TYPES = ("cpu", "cuda")
+
+
+@attrs.frozen
+class _TorchModes:
+    """The torch modes that are per thread, read in one thread and entered in another.
+
+    The default dtype is not here: `torch.set_default_dtype` sets it for every thread.
+    """
+
+    grad: bool
+    inference: bool
+    autocast: tuple[tuple[str, torch.dtype], ...]  # (device type, dtype) of each one enabled
+    default_device: torch.device
+
+    @classmethod
+    def capture(cls) -> _TorchModes:
+        autocast = tuple((device_type, torch.get_autocast_dtype(device_type))
+                         for device_type in _AUTOCAST_DEVICE_TYPES
+                         if torch.is_autocast_enabled(device_type))
+        return cls(torch.is_grad_enabled(), torch.is_inference_mode_enabled(), autocast,
+                   torch.get_default_device())
+
+    @contextmanager
+    def entered(self) -> Iterator[None]:
+        """Run the body under these modes (a pool thread starts with torch's defaults and is
+        left with them)."""
+        with ExitStack() as stack:
+            if self.inference:
+                stack.enter_context(torch.inference_mode())
+            # After inference mode, which turns grad mode off: `enable_grad` inside
+            # `inference_mode` is a state of its own.
+            if torch.is_grad_enabled() != self.grad:
+                stack.enter_context(torch.set_grad_enabled(self.grad))
+            for device_type, dtype in self.autocast:
+                stack.enter_context(torch.autocast(device_type, dtype=dtype))
+            if torch.get_default_device() != self.default_device:
+                stack.enter_context(torch.device(self.default_device))
+            yield
+
+
+class _Batch:
+    """One `ThreadedExecutor.run`: what is left to start and what the workers report.
+
+    The calling thread and the workers share it under one condition, so a worker never starts
+    a handler once the batch is stopped, and the calling thread sees every report.
+    """
+
+    def __init__(self, handlers: Sequence[Handler], modes: _TorchModes) -> None:
+        self.position = {id(h): k for k, h in enumerate(handlers)}
+        self.pending = list(handlers)
+        self.modes = modes
+        self.changed = threading.Condition()
+        self.stopped = False  # set by the first exception: nothing starts after it
+        self.submitted = 0  # handed to the pool, not yet finished or skipped
+        self.running = 0  # started on a worker, not yet finished
+        self.done: set[int] = set()
+        self.errors: list[tuple[Handler, BaseException]] = []
+
+    def schedule(self, pool: ThreadPoolExecutor) -> None:
+        """Submit each handler once its `.after` are done; return when all have finished or
+        one raised."""
+        with self.changed:
+            while not self.stopped and (self.pending or self.submitted):
+                for h in [h for h in self.pending if all(id(a) in self.done for a in h.after)]:
+                    self.pending.remove(h)
+                    self.submitted += 1
+                    pool.submit(self._call, h)
+                self.changed.wait()
+
+    def _call(self, handler: Handler) -> None:
+        """Run `handler` on a worker, unless the batch was stopped while it was queued."""
+        with self.changed:
+            if self.stopped:
+                self.submitted -= 1
+                return
+            self.running += 1
+        error = None
+        try:
+            with self.modes.entered():
+                handler()
+        except BaseException as exc:
+            error = exc
+        with self.changed:
+            self.running -= 1
+            self.submitted -= 1
+            self.done.add(id(handler))
+            if error is not None:
+                self.errors.append((handler, error))
+                self.stopped = True
+            self.changed.notify_all()
+
+    def stop_and_wait(self) -> None:
+        """Start nothing more, and wait until the handlers already started have finished."""
+        while True:
+            try:
+                with self.changed:
+                    self.stopped = True
+                    while self.running:
+                        self.changed.wait()
+                return
+            except KeyboardInterrupt:
+                # A second Ctrl-C does not abandon running handlers: the process could not
+                # exit before they end anyway (the pool's threads are joined at exit), and
+                # what runs after `run` (FitEnd closing files) must not run beside them.
+                continue
+
+    def exception(self, interrupt: BaseException | None) -> BaseException | None:
+        """What to raise, with every other exception added to it as a note: `interrupt`
+        (raised in the calling thread), else the first error in plan order, else the first
+        cancel exception (the loop catches those: an error raised beside one must not be lost).
+        """
+        found = sorted(self.errors, key=lambda e: (isinstance(e[1], _CONTROL_FLOW),
+                                                   self.position[id(e[0])]))
+        if interrupt is not None:
+            found.insert(0, (None, interrupt))
+        if not found:
+            return None
+        (_, raised), *others = found
+        for handler, exc in others:
+            raised.add_note(
+                f"{handler.name}'s handler for {handler.event} in {handler.phase} also raised:\n"
+                + "".join(traceback.format_exception(exc)).rstrip()
+            )
+        return raised
