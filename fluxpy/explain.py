@@ -2,8 +2,10 @@
 
 Nothing is trained and no state changes: the text lists each callback with its reads and
 writes (and the group it came from), then, for each phase and event, the handlers in the
-order they will run, then the edges of the graph with their reasons. The result is a `str`
-with `to_mermaid()` and `to_dot()` for drawing the graph.
+order they will run, then the edges of the graph with their reasons, each once: the orders
+someone declared (`runafter`, `RunFirst`) apart from those inferred from state access and
+from the given order of `NoConflict` pairs. The result is a `str` with `to_mermaid()` and
+`to_dot()` for drawing the graph.
 """
 
 from __future__ import annotations
@@ -13,11 +15,10 @@ from collections.abc import Sequence
 from .access import render_path
 from .callback import UnsafeCallback, on
 from .events import BUILTIN_EVENTS, TRAINING_EVENTS, VALIDATION_EVENTS, Event, FitBegin, FitEnd
-from .graph import CallbackGraph
+from .graph import DECLARED, GIVEN_ORDER, STATE, CallbackGraph
 from .phases import AbstractTrainingPhase, Phase, TrainingPhase, ValidationPhase
 
 __all__ = ["Explanation", "explain"]
-
 
 
 class Explanation(str):
@@ -77,17 +78,31 @@ def explain(learner, phases: Sequence[Phase] | None = None) -> Explanation:
             lines.append(f"    {event_type.__name__:<14} {names}")
 
     lines.append("")
-    if graph.edges or graph.exclusive:
-        lines.append("Why this order:")
-        for e in graph.edges:
-            for reason in e.reasons:
-                lines.append(f"  {graph.names[e.before]} before {graph.names[e.after]}: {reason}")
-        for a, b in sorted(graph.exclusive):
-            lines.append(f"  {graph.names[a]} and {graph.names[b]}: resolveconflict says "
-                         "NoConflict (either order, never at the same time)")
-    else:
-        lines.append("No ordering constraints: callbacks run in the order given.")
+    lines += _why(graph)
     return Explanation("\n".join(lines), graph)
+
+
+#: How `explain` heads each kind of reason, declared orders first.
+_HEADINGS = {
+    DECLARED: "Declared (runafter, resolveconflict):",
+    STATE: "From state (a writer runs before its readers):",
+    GIVEN_ORDER: "Given order (NoConflict, nothing else orders the pair):",
+}
+
+
+def _why(graph: CallbackGraph) -> list[str]:
+    """Each edge's reasons, grouped by where the order comes from, in run order."""
+    if not graph.edges:
+        return ["No ordering constraints: callbacks run in the order given."]
+    position = {i: k for k, i in enumerate(graph.order)}
+    edges = sorted(graph.edges, key=lambda e: (position[e.before], position[e.after]))
+    lines = ["Why this order:"]
+    for kind, heading in _HEADINGS.items():
+        found = [f"    {graph.names[e.before]} before {graph.names[e.after]}: {r}"
+                 for e in edges for r in e.reasons if r.kind == kind]
+        if found:
+            lines += [f"  {heading}", *found]
+    return lines
 
 
 def _custom_events(graph: CallbackGraph) -> list[type[Event]]:

@@ -1,14 +1,18 @@
 """The callback dependency graph: a pure function of the callbacks and their declarations.
 
-Edges, each kept with the reason it exists:
+Edges, each kept with the reasons it exists:
 
-1. `runafter(b)` lists a type that `a` is an instance of: `a` before `b`.
-2. `a` writes a path that `b` reads (paths overlap when one is a prefix of the other):
-   `a` before `b`.
-3. `a` and `b` both write overlapping paths: `resolveconflict(a, b)`, looked up in both argument
-   orders, decides: `RunFirst(x)` puts `x` first, `NoConflict()` lets them run in either order
-   (never at the same time), `Unresolvable()` and `NotDefined()` are errors. The answer
-   governs the pair: no read/write edges are added between them.
+1. `runafter(b)` lists a type that `a` is an instance of: `a` before `b` (declared).
+2. For every pair whose paths overlap with at least one write (paths overlap when one is a
+   prefix of the other), `resolveconflict` is asked, in both argument orders:
+   - `NotDefined()`: each writer runs before the other's reads of what it writes (inferred from
+     state); two writers of overlapping paths are a `WriteConflictError`.
+   - `RunFirst(x)`: `x` runs first, for the whole pair (declared). This is how a reader asks for
+     a value before another callback writes it.
+   - `NoConflict()`: the pair's writes commute. Write-before-read edges stay as for
+     `NotDefined()`; a pair that nothing else orders keeps the order in which it was given
+     (an edge, so the two never run at the same time).
+   - `Unresolvable()`: an `UnresolvableConflictError`.
 
 A read of `cbstate.X` that no callback writes is an error, and so is a cycle. Unconstrained
 callbacks keep the order in which they were given (Kahn's algorithm, lowest index first).
@@ -22,7 +26,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from .access import Access, overlaps, render_path
+from .access import Access, Path, overlaps, render_path
 from .callback import (
     Callback,
     NoConflict,
@@ -41,11 +45,26 @@ from .errors import (
     WriteConflictError,
 )
 
-__all__ = ["STATE_PRODUCERS", "CallbackGraph", "Edge", "build_graph"]
+__all__ = ["STATE_PRODUCERS", "CallbackGraph", "Edge", "Reason", "build_graph"]
 
 #: `cbstate` keys and the callback that writes them, for the fix in `MissingStateError`.
 #: Callback modules add their own entries.
 STATE_PRODUCERS: dict[str, str] = {}
+
+#: The kinds of `Reason`: an order someone declared (`runafter`, `RunFirst`), one inferred
+#: from state access (write before read), and the given order of a `NoConflict` pair.
+DECLARED, STATE, GIVEN_ORDER = "declared", "state", "given order"
+
+
+@attrs.frozen
+class Reason:
+    """Why an edge exists, in words (`text`), and where the order comes from (`kind`)."""
+
+    kind: str
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
 
 
 @attrs.frozen
@@ -54,8 +73,13 @@ class Edge:
 
     before: int
     after: int
-    reasons: tuple[str, ...]
+    reasons: tuple[Reason, ...]
     label: str
+
+    @property
+    def given_order(self) -> bool:
+        """Whether the edge only keeps a `NoConflict` pair in the order given."""
+        return all(r.kind == GIVEN_ORDER for r in self.reasons)
 
 
 @attrs.frozen
@@ -68,20 +92,19 @@ class CallbackGraph:
     edges: tuple[Edge, ...]
     order: tuple[int, ...]
     ancestors: tuple[frozenset[int], ...]
-    exclusive: frozenset[tuple[int, int]]
 
     def ordered(self) -> list[Callback]:
         """The callbacks in run order."""
         return [self.callbacks[i] for i in self.order]
 
     def to_mermaid(self) -> str:
-        """The graph as a Mermaid flowchart (callbacks in run order, edges labelled)."""
+        """The graph as a Mermaid flowchart (callbacks in run order, edges labelled; a dotted
+        arrow keeps a `NoConflict` pair in the order given)."""
         lines = ["flowchart LR"]
         lines += [f'    c{i}["{self.names[i]}"]' for i in self.order]
         for e in self.edges:
-            lines.append(f'    c{e.before} -- "{e.label}" --> c{e.after}')
-        for a, b in sorted(self.exclusive):
-            lines.append(f'    c{a} -. "no conflict" .- c{b}')
+            arrow = f'-. "{e.label}" .->' if e.given_order else f'-- "{e.label}" -->'
+            lines.append(f"    c{e.before} {arrow} c{e.after}")
         return "\n".join(lines)
 
     def to_dot(self) -> str:
@@ -89,11 +112,54 @@ class CallbackGraph:
         lines = ["digraph callbacks {", "    rankdir=LR;", "    node [shape=box];"]
         lines += [f'    c{i} [label="{self.names[i]}"];' for i in self.order]
         for e in self.edges:
-            lines.append(f'    c{e.before} -> c{e.after} [label="{e.label}"];')
-        for a, b in sorted(self.exclusive):
-            lines.append(f'    c{a} -> c{b} [dir=none, style=dashed, label="no conflict"];')
+            style = "style=dashed, " if e.given_order else ""
+            lines.append(f'    c{e.before} -> c{e.after} [{style}label="{e.label}"];')
         lines.append("}")
         return "\n".join(lines)
+
+
+class _Edges:
+    """The edges found so far: reasons (each once) and labels per ordered pair."""
+
+    def __init__(self) -> None:
+        self.by_pair: dict[tuple[int, int], tuple[list[Reason], list[str]]] = {}
+
+    def add(self, before: int, after: int, reason: Reason, label: str) -> None:
+        reasons, labels = self.by_pair.setdefault((before, after), ([], []))
+        if reason not in reasons:
+            reasons.append(reason)
+        if label not in labels:
+            labels.append(label)
+
+    def reaches(self, start: int, goal: int) -> bool:
+        """Whether a path of edges leads from `start` to `goal`."""
+        seen, frontier = {start}, [start]
+        while frontier:
+            node = frontier.pop()
+            if node == goal:
+                return True
+            for before, after in self.by_pair:
+                if before == node and after not in seen:
+                    seen.add(after)
+                    frontier.append(after)
+        return False
+
+    def frozen(self) -> tuple[Edge, ...]:
+        return tuple(Edge(i, j, tuple(reasons), ", ".join(labels))
+                     for (i, j), (reasons, labels) in self.by_pair.items())
+
+
+@attrs.frozen
+class _Overlap:
+    """What a pair `i < j` shares: paths both write, and (writer, reader, path) reads."""
+
+    writes: tuple[tuple[Path, Path], ...]
+    reads: tuple[tuple[int, int, str], ...]
+
+    def paths(self) -> str:
+        found = {render_path(_longer(p, q)) for p, q in self.writes}
+        found |= {path for _, _, path in self.reads}
+        return ", ".join(sorted(found))
 
 
 def build_graph(callbacks: Sequence[Callback], names: Sequence[str] | None = None) -> CallbackGraph:
@@ -104,59 +170,78 @@ def build_graph(callbacks: Sequence[Callback], names: Sequence[str] | None = Non
     after = [_runafter_of(cb) for cb in cbs]
     reads = [a.reads() for a in access]
     writes = [a.writes() for a in access]
-    edges: dict[tuple[int, int], tuple[list[str], list[str]]] = {}
-    exclusive: set[tuple[int, int]] = set()
-
-    def add(i: int, j: int, reason: str, label: str) -> None:
-        reasons, labels = edges.setdefault((i, j), ([], []))
-        reasons.append(reason)
-        if label not in labels:
-            labels.append(label)
+    edges = _Edges()
 
     for j, types in enumerate(after):
         for i, cb in enumerate(cbs):
             if i != j and isinstance(cb, types):
-                add(i, j, f"runafter({names[j]}) lists {type(cb).__name__}", "runafter")
+                edges.add(i, j, Reason(DECLARED, f"runafter({names[j]}) lists "
+                                                 f"{type(cb).__name__}"), "runafter")
 
+    commuting: list[tuple[int, int, Reason]] = []
     for i in range(len(cbs)):
         for j in range(i + 1, len(cbs)):
-            shared = [(p, q) for p in writes[i] for q in writes[j] if overlaps(p, q)]
-            if shared:
-                _resolve(cbs, names, i, j, shared, add, exclusive)
-                continue
-            for w, r in ((i, j), (j, i)):
-                for p in writes[w]:
-                    for q in reads[r]:
-                        if overlaps(p, q):
-                            add(w, r, f"{names[w]} writes {render_path(p)}, which {names[r]} "
-                                f"reads", render_path(q if len(q) > len(p) else p))
+            shared = _overlap(i, j, reads, writes)
+            if shared.writes or shared.reads:
+                given = _resolve(cbs, names, i, j, shared, edges)
+                if given is not None:
+                    commuting.append((i, j, given))
+
+    # After every other edge is known, so that the given order yields to them (a NoConflict
+    # pair ordered the other way by a runafter or a chain of reads is fine, not a cycle).
+    for i, j, reason in commuting:
+        if not edges.reaches(i, j) and not edges.reaches(j, i):
+            edges.add(i, j, reason, "no conflict")
 
     _check_producers(cbs, names, reads, writes)
-    frozen_edges = tuple(
-        Edge(i, j, tuple(reasons), ", ".join(labels)) for (i, j), (reasons, labels) in edges.items()
-    )
+    frozen_edges = edges.frozen()
     order = _toposort(cbs, frozen_edges, names)
     return CallbackGraph(cbs, names, access, frozen_edges, order,
-                         _ancestors(len(cbs), frozen_edges, order), frozenset(exclusive))
+                         _ancestors(len(cbs), frozen_edges, order))
 
 
-def _resolve(cbs, names, i, j, shared, add, exclusive) -> None:
+def _overlap(i: int, j: int, reads, writes) -> _Overlap:
+    both = tuple((p, q) for p in writes[i] for q in writes[j] if overlaps(p, q))
+    read = tuple(
+        (w, r, render_path(_longer(p, q)))
+        for w, r in ((i, j), (j, i)) for p in writes[w] for q in reads[r] if overlaps(p, q)
+    )
+    return _Overlap(both, read)
+
+
+def _longer(p: Path, q: Path) -> Path:
+    """Of two overlapping paths, the one that names the state they share."""
+    return q if len(q) > len(p) else p
+
+
+def _resolve(cbs, names, i, j, shared: _Overlap, edges: _Edges) -> Reason | None:
+    """Add the pair's edges as its `resolveconflict` answer says; returns the reason for a
+    given-order edge when the pair's writes commute and nothing of theirs orders them."""
     a, b = cbs[i], cbs[j]
-    answer = _resolution(a, b)
+    answer, asked = _resolution(a, b), (i, j)
     if isinstance(answer, NotDefined):
-        answer = _resolution(b, a)
-    rendered = [(render_path(p), render_path(q)) for p, q in shared]
-    if isinstance(answer, NotDefined):
-        raise WriteConflictError(a, b, rendered, (names[i], names[j]))
+        answer, asked = _resolution(b, a), (j, i)
+    declared_by = f"resolveconflict({names[asked[0]]}, {names[asked[1]]})"
     if isinstance(answer, Unresolvable):
-        raise UnresolvableConflictError(a, b, rendered, (names[i], names[j]))
-    if isinstance(answer, NoConflict):
-        exclusive.add((i, j))
-        return
-    first, second = (i, j) if answer.callback is a else (j, i)
-    label = ", ".join(sorted({p for p, _ in rendered}))
-    add(first, second, f"resolveconflict({names[i]}, {names[j]}) says RunFirst({names[first]}) "
-        f"(both write {label})", f"RunFirst: {label}")
+        pairs = [(render_path(p), render_path(q)) for p, q in shared.writes] or [
+            (path, path) for _, _, path in shared.reads]
+        raise UnresolvableConflictError(a, b, pairs, (names[i], names[j]))
+    if isinstance(answer, RunFirst):
+        first, second = (i, j) if answer.callback is a else (j, i)
+        edges.add(first, second, Reason(DECLARED, f"RunFirst({names[first]}) declared by "
+                                                  f"{declared_by} for {shared.paths()}"),
+                  f"RunFirst: {shared.paths()}")
+        return None
+    if isinstance(answer, NotDefined) and shared.writes:
+        rendered = [(render_path(p), render_path(q)) for p, q in shared.writes]
+        raise WriteConflictError(a, b, rendered, (names[i], names[j]))
+    for w, r, path in shared.reads:
+        edges.add(w, r, Reason(STATE, f"{names[w]} writes {path}, which {names[r]} reads"), path)
+    if isinstance(answer, NoConflict) and shared.writes and not shared.reads:
+        return Reason(GIVEN_ORDER, f"NoConflict() declared by {declared_by} for "
+                                   f"{shared.paths()}: their writes commute; kept in the "
+                                   "order given")
+    return None
 
 
 def _resolution(a: Callback, b: Callback):
@@ -280,7 +365,8 @@ def _raise_cycle(cbs, names, remaining: set[int], edges: Sequence[Edge], succ) -
     cycle = list(reversed(walk[seen[node]:]))
     start = cycle.index(min(cycle))  # read it from the callback given first
     cycle = cycle[start:] + cycle[:start]
-    reasons = ["; ".join(by_pair[(a, b)].reasons) for a, b in zip(cycle, [*cycle[1:], cycle[0]])]
+    pairs = zip(cycle, [*cycle[1:], cycle[0]])
+    reasons = ["; ".join(map(str, by_pair[pair].reasons)) for pair in pairs]
     raise CycleError([cbs[i] for i in cycle], reasons, [names[i] for i in cycle])
 
 

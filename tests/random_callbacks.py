@@ -22,7 +22,7 @@ from fluxpy.access import overlaps
 
 PATHS = [
     ("batch",), ("batch", "loss"), ("batch", "preds"), ("model",),
-    ("cbstate",), ("cbstate", "a"), ("cbstate", "b"),
+    ("cbstate",), ("cbstate", "a"), ("cbstate", "b"), ("rng",),
 ]
 ANSWERS = ["first", "second", "none", "unresolvable", "undefined"]
 RESOLVABLE = ["first", "second", "none"]
@@ -127,8 +127,9 @@ class Expectation:
     """What the rules say about a scenario: the errors it must raise, or the constraints."""
 
     errors: tuple  # error types any of which is acceptable; empty: it must build
-    edges: frozenset  # (before, after) index pairs every order must respect
-    exclusive: frozenset  # (i, j) pairs that NoConflict makes mutually exclusive
+    edges: frozenset  # (before, after) index pairs: exactly the graph's edges
+    given_order: frozenset  # the edges that only keep a NoConflict pair in the given order
+    run_first: frozenset  # (first, second) pairs ordered by a RunFirst answer
 
 
 def _answer(scenario, a, b):
@@ -141,31 +142,57 @@ def _answer(scenario, a, b):
     return "undefined", None
 
 
+def overlap(paths, other_paths) -> bool:
+    return any(overlaps(p, q) for p in paths for q in other_paths)
+
+
+def _reaches(edges, start, goal) -> bool:
+    seen, frontier = {start}, [start]
+    while frontier:
+        node = frontier.pop()
+        if node == goal:
+            return True
+        for before, after in edges:
+            if before == node and after not in seen:
+                seen.add(after)
+                frontier.append(after)
+    return False
+
+
 def expectation(scenario: Scenario) -> Expectation:
+    """The rules of DESIGN.md ("The graph and its errors"), applied pair by pair."""
     cbs = scenario.callbacks
     reads = [scenario.access[type(cb)].reads() for cb in cbs]
     writes = [scenario.access[type(cb)].writes() for cb in cbs]
-    errors, edges, exclusive = set(), set(), set()
+    errors, edges, run_first, commuting = set(), set(), set(), []
     for j, cb in enumerate(cbs):
         for i, other in enumerate(cbs):
             if i != j and isinstance(other, scenario.after[type(cb)]):
                 edges.add((i, j))
     for i in range(len(cbs)):
         for j in range(i + 1, len(cbs)):
-            if any(overlaps(p, q) for p in writes[i] for q in writes[j]):
-                kind, first = _answer(scenario, cbs[i], cbs[j])
-                if kind == "undefined":
-                    errors.add(fp.WriteConflictError)
-                elif kind == "unresolvable":
-                    errors.add(fp.UnresolvableConflictError)
-                elif kind == "none":
-                    exclusive.add((i, j))
-                else:
-                    edges.add((i, j) if first is cbs[i] else (j, i))
+            both_write = overlap(writes[i], writes[j])
+            read_edges = {(w, r) for w, r in ((i, j), (j, i)) if overlap(writes[w], reads[r])}
+            if not both_write and not read_edges:
                 continue
-            for w, r in ((i, j), (j, i)):
-                if any(overlaps(p, q) for p in writes[w] for q in reads[r]):
-                    edges.add((w, r))
+            kind, first = _answer(scenario, cbs[i], cbs[j])
+            if kind == "unresolvable":
+                errors.add(fp.UnresolvableConflictError)
+            elif kind in ("first", "second"):
+                pair = (i, j) if first is cbs[i] else (j, i)
+                run_first.add(pair)
+                edges.add(pair)
+            elif kind == "undefined" and both_write:
+                errors.add(fp.WriteConflictError)
+            else:
+                edges |= read_edges
+                if kind == "none" and both_write and not read_edges:
+                    commuting.append((i, j))
+    given_order = set()
+    for i, j in commuting:  # in the order the pairs were given
+        if not _reaches(edges, i, j) and not _reaches(edges, j, i):
+            edges.add((i, j))
+            given_order.add((i, j))
     for r, paths in enumerate(reads):
         for q in paths:
             if q[0] == "cbstate" and len(q) > 1 and not any(
@@ -178,7 +205,8 @@ def expectation(scenario: Scenario) -> Expectation:
         sorter.prepare()
     except graphlib.CycleError:
         errors.add(fp.CycleError)
-    return Expectation(tuple(errors), frozenset(edges), frozenset(exclusive))
+    return Expectation(tuple(errors), frozenset(edges), frozenset(given_order),
+                       frozenset(run_first))
 
 
 def stable_order_violation(order, edges) -> str | None:

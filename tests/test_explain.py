@@ -139,7 +139,8 @@ def test_explain_lists_callbacks_handlers_and_reasons():
         "    Probe          Debug",
         "",
         "Why this order:",
-        "  Writer before Reader: Writer writes cbstate.x, which Reader reads",
+        "  From state (a writer runs before its readers):",
+        "    Writer before Reader: Writer writes cbstate.x, which Reader reads",
     ])
 
 
@@ -215,3 +216,65 @@ def test_explain_draws_its_graph():
     assert explanation.to_mermaid() == learner.graph.to_mermaid()
     assert explanation.to_dot() == learner.graph.to_dot()
     assert '    c1 -- "cbstate.x" --> c0' in explanation.to_mermaid().splitlines()
+
+
+class Norm(fp.Callback):
+    """Reads the model, declared to run before `Clip` writes it."""
+
+
+class Twice(fp.Callback):
+    """Lists `Reader` twice in its `runafter`."""
+
+
+class Left(fp.Callback):
+    pass
+
+
+class Right(fp.Callback):
+    pass
+
+
+@fp.stateaccess.dispatch
+def _norm_access(cb: Norm):
+    return fp.Access(model=fp.Read())
+
+
+@fp.resolveconflict.dispatch
+def _norm_before_clip(a: Clip, b: Norm):
+    return fp.RunFirst(b)
+
+
+@fp.runafter.dispatch
+def _twice_after(cb: Twice):
+    return (Reader, Reader)
+
+
+@fp.stateaccess.dispatch
+def _left_access(cb: Left):
+    return fp.Access(optimizer=fp.Write())
+
+
+@fp.stateaccess.dispatch
+def _right_access(cb: Right):
+    return fp.Access(optimizer=fp.Write())
+
+
+@fp.resolveconflict.dispatch
+def _left_right(a: Left, b: Right):
+    return fp.NoConflict()
+
+
+def test_explain_shows_declared_orders_apart_from_orders_inferred_from_state():
+    text = fp.explain(test_learner(Twice(), Reader(), Clip(), Writer(), Norm(), Right(), Left()))
+    why = text.splitlines()[text.splitlines().index("Why this order:"):]
+    assert why == [
+        "Why this order:",
+        "  Declared (runafter, resolveconflict):",
+        "    Reader before Twice: runafter(Twice) lists Reader",
+        "    Norm before Clip: RunFirst(Norm) declared by resolveconflict(Clip, Norm) for model",
+        "  From state (a writer runs before its readers):",
+        "    Writer before Reader: Writer writes cbstate.x, which Reader reads",
+        "  Given order (NoConflict, nothing else orders the pair):",
+        "    Right before Left: NoConflict() declared by resolveconflict(Left, Right) for "
+        "optimizer: their writes commute; kept in the order given",
+    ]

@@ -7,6 +7,7 @@ import itertools
 import re
 
 import pytest
+import torch
 
 import fluxpy as fp
 from fluxpy.testing import test_learner
@@ -80,8 +81,18 @@ def test_runafter_edge_keeps_its_reason():
     first = callback_type("First")
     second = callback_type("Second", after=(first,))
     graph = fp.build_graph([second(), first()])
-    assert [(e.before, e.after, e.reasons, e.label) for e in graph.edges] == [
-        (1, 0, ("runafter(Second) lists First",), "runafter"),
+    assert [(e.before, e.after, e.label) for e in graph.edges] == [(1, 0, "runafter")]
+    assert [(r.kind, str(r)) for r in graph.edges[0].reasons] == [
+        ("declared", "runafter(Second) lists First"),
+    ]
+
+
+def test_a_reason_is_kept_once():
+    first = callback_type("First", cbstate(x=W))
+    second = callback_type("Second", cbstate(x=R), after=(first, first))
+    graph = fp.build_graph([second(), first()])
+    assert [str(r) for e in graph.edges for r in e.reasons] == [
+        "runafter(Second) lists First", "First writes cbstate.x, which Second reads",
     ]
 
 
@@ -105,7 +116,9 @@ def test_writer_of_a_field_runs_before_reader_of_the_namespace():
     writer = callback_type("Writer", fp.Access(batch=fp.Access(loss=W)))
     graph = fp.build_graph([reader(), writer()])
     assert [type(cb).__name__ for cb in graph.ordered()] == ["Writer", "Reader"]
-    assert graph.edges[0].reasons == ("Writer writes batch.loss, which Reader reads",)
+    assert [(r.kind, str(r)) for r in graph.edges[0].reasons] == [
+        ("state", "Writer writes batch.loss, which Reader reads"),
+    ]
     assert graph.edges[0].label == "batch.loss"
 
 
@@ -179,25 +192,131 @@ def test_run_first_holds_in_either_argument_order_and_either_list_order(declared
     assert order(callbacks) == [winner, loser]
 
 
-def test_run_first_edge_names_the_answer():
+def test_run_first_edge_says_who_declared_it():
     a = callback_type("A", fp.Access(model=W))
     b = callback_type("B", fp.Access(model=W))
     resolve(b, a, lambda x, y: fp.RunFirst(x))
     graph = fp.build_graph([a(), b()])
-    assert [(e.before, e.after, e.reasons, e.label) for e in graph.edges] == [
-        (1, 0, ("resolveconflict(A, B) says RunFirst(B) (both write model)",), "RunFirst: model"),
+    assert [(e.before, e.after, e.label) for e in graph.edges] == [(1, 0, "RunFirst: model")]
+    assert [(r.kind, str(r)) for r in graph.edges[0].reasons] == [
+        ("declared", "RunFirst(B) declared by resolveconflict(B, A) for model"),
     ]
 
 
 @pytest.mark.parametrize("declared", ["(A, B)", "(B, A)"])
-def test_no_conflict_keeps_the_given_order_and_marks_the_pair_exclusive(declared):
+def test_no_conflict_keeps_the_given_order_with_an_edge(declared):
     a = callback_type("A", fp.Access(model=W))
     b = callback_type("B", fp.Access(model=W))
     resolve(*((a, b) if declared == "(A, B)" else (b, a)), lambda x, y: fp.NoConflict())
     graph = fp.build_graph([b(), a()])
     assert [type(cb).__name__ for cb in graph.ordered()] == ["B", "A"]
-    assert graph.edges == ()
-    assert graph.exclusive == frozenset({(0, 1)})
+    assert [(e.before, e.after, e.label) for e in graph.edges] == [(0, 1, "no conflict")]
+    assert [(r.kind, str(r)) for r in graph.edges[0].reasons] == [
+        ("given order", f"NoConflict() declared by resolveconflict{declared} for model: "
+                        "their writes commute; kept in the order given"),
+    ]
+    assert graph.ancestors == (frozenset(), frozenset({0}))
+
+
+def _stale_read_pair():
+    """A writes cbstate.x and reads cbstate.y; B writes both; they say NoConflict."""
+    a = callback_type("A", cbstate(x=W, y=R))
+    b = callback_type("B", cbstate(x=W, y=W))
+    resolve(a, b, lambda x, y: fp.NoConflict())
+    return a, b
+
+
+def test_no_conflict_never_drops_a_write_before_read_edge():
+    a, b = _stale_read_pair()
+    graph = fp.build_graph([a(), b()])
+    assert [type(cb).__name__ for cb in graph.ordered()] == ["B", "A"]
+    assert [(e.before, e.after, e.label) for e in graph.edges] == [(1, 0, "cbstate.y")]
+    assert [(r.kind, str(r)) for r in graph.edges[0].reasons] == [
+        ("state", "B writes cbstate.y, which A reads"),
+    ]
+
+
+def test_no_conflict_reader_sees_this_steps_value_in_training():
+    a, b = _stale_read_pair()
+    seen = []
+
+    def _a_step(event: fp.StepEnd, phase: fp.TrainingPhase, cb: a, learner):
+        learner.cbstate.x = "a"
+        seen.append(learner.cbstate.y)
+
+    def _b_init(event: fp.FitBegin, phase: fp.Phase, cb: b, learner):
+        learner.cbstate.y = 0
+
+    def _b_step(event: fp.StepEnd, phase: fp.TrainingPhase, cb: b, learner):
+        learner.cbstate.x = "b"
+        learner.cbstate.y += 1
+
+    for method in (_a_step, _b_init, _b_step):
+        fp.on.dispatch(method)
+    test_learner(a(), b(), n_batches=3).fit(1)
+    assert seen == [1, 2, 3]
+
+
+def test_no_conflict_on_a_read_write_pair_keeps_write_before_read():
+    reader = callback_type("Reader", cbstate(x=R))
+    writer = callback_type("Writer", cbstate(x=W))
+    resolve(reader, writer, lambda x, y: fp.NoConflict())
+    assert order([reader(), writer()]) == ["Writer", "Reader"]
+
+
+def test_no_conflict_given_order_yields_to_a_runafter():
+    b = callback_type("B", fp.Access(model=W))
+    a = callback_type("A", fp.Access(model=W), after=(b,))
+    resolve(a, b, lambda x, y: fp.NoConflict())
+    graph = fp.build_graph([a(), b()])
+    assert [type(cb).__name__ for cb in graph.ordered()] == ["B", "A"]
+    assert [str(r) for e in graph.edges for r in e.reasons] == ["runafter(A) lists B"]
+
+
+def test_no_conflict_given_orders_never_close_a_cycle_with_other_edges():
+    # C writes what A reads (C before A); A/B and B/C commute. Given order alone would say
+    # A, B, C, which contradicts C before A: the pairs yield instead of forming a cycle.
+    a = callback_type("A", fp.Access(model=W, cbstate=fp.Access(y=R)))
+    b = callback_type("B", fp.Access(model=W, optimizer=W))
+    c = callback_type("C", fp.Access(optimizer=W, cbstate=fp.Access(y=W)))
+    resolve(a, b, lambda x, y: fp.NoConflict())
+    resolve(b, c, lambda x, y: fp.NoConflict())
+    graph = fp.build_graph([a(), b(), c()])
+    assert [type(cb).__name__ for cb in graph.ordered()] == ["C", "A", "B"]
+    assert {(e.before, e.after, e.label) for e in graph.edges} == {
+        (2, 0, "cbstate.y"), (0, 1, "no conflict"),
+    }
+
+
+@pytest.mark.parametrize("declared", ["(Reader, Writer)", "(Writer, Reader)"])
+def test_run_first_lets_a_reader_see_the_value_before_a_write(declared):
+    reader = callback_type("Reader", cbstate(x=R))
+    writer = callback_type("Writer", cbstate(x=W))
+    if declared == "(Reader, Writer)":
+        resolve(reader, writer, lambda x, y: fp.RunFirst(x))
+    else:
+        resolve(writer, reader, lambda x, y: fp.RunFirst(y))
+    graph = fp.build_graph([writer(), reader()])
+    assert [type(cb).__name__ for cb in graph.ordered()] == ["Reader", "Writer"]
+    assert [str(r) for e in graph.edges for r in e.reasons] == [
+        f"RunFirst(Reader) declared by resolveconflict{declared} for cbstate.x",
+    ]
+
+
+def test_not_defined_on_a_read_write_pair_is_write_before_read():
+    reader = callback_type("Reader", cbstate(x=R))
+    writer = callback_type("Writer", cbstate(x=W))
+    resolve(reader, writer, lambda x, y: fp.NotDefined())
+    assert order([reader(), writer()]) == ["Writer", "Reader"]
+
+
+def test_each_reads_what_the_other_writes_is_a_cycle_naming_both_reads():
+    a = callback_type("A", cbstate(x=W, y=R))
+    b = callback_type("B", cbstate(x=R, y=W))
+    with pytest.raises(fp.CycleError) as info:
+        fp.build_graph([a(), b()])
+    assert info.value.reasons == ("A writes cbstate.x, which B reads",
+                                  "B writes cbstate.y, which A reads")
 
 
 @pytest.mark.parametrize("declared", ["(A, B)", "(B, A)"])
@@ -214,19 +333,85 @@ def test_unresolvable_names_both_callbacks_and_paths(declared):
     assert isinstance(info.value, fp.CallbackGraphError)
 
 
-def test_resolution_governs_the_pair_instead_of_read_write_edges():
+def test_unresolvable_applies_to_a_read_write_pair():
+    reader = callback_type("Reader", cbstate(x=R))
+    writer = callback_type("Writer", cbstate(x=W))
+    resolve(reader, writer, lambda x, y: fp.Unresolvable())
+    with pytest.raises(fp.UnresolvableConflictError, match=re.escape(
+        "Reader and Writer cannot be used together"
+    )):
+        fp.build_graph([reader(), writer()])
+
+
+def test_run_first_orders_the_whole_pair_against_its_read_edges():
     # B writes what A reads, which alone would put B first; the answer says A goes first.
     a = callback_type("A", fp.Access(model=W, batch=fp.Access(preds=R)))
     b = callback_type("B", fp.Access(model=W, batch=fp.Access(preds=W)))
     resolve(a, b, lambda x, y: fp.RunFirst(x))
-    assert order([b(), a()]) == ["A", "B"]
+    graph = fp.build_graph([b(), a()])
+    assert [type(cb).__name__ for cb in graph.ordered()] == ["A", "B"]
+    assert [(e.before, e.after) for e in graph.edges] == [(1, 0)]
+    assert [str(r) for r in graph.edges[0].reasons] == [
+        "RunFirst(A) declared by resolveconflict(A, B) for batch.preds, model",
+    ]
 
 
-def test_resolveconflict_is_not_consulted_without_overlapping_writes():
-    a = callback_type("A", fp.Access(model=W))
-    b = callback_type("B", fp.Access(optimizer=W))
+@pytest.mark.parametrize("access", [(fp.Access(model=W), fp.Access(optimizer=W)),
+                                    (fp.Access(model=R), fp.Access(model=R))],
+                         ids=["disjoint writes", "two readers"])
+def test_resolveconflict_is_not_consulted_without_an_overlap_involving_a_write(access):
+    a = callback_type("A", access[0])
+    b = callback_type("B", access[1])
     resolve(a, b, lambda x, y: "not consulted")
     assert order([a(), b()]) == ["A", "B"]
+
+
+# -- random state --------------------------------------------------------------------------------
+
+
+def test_two_rng_writers_are_a_write_conflict_whose_fix_is_resolveconflict():
+    first = callback_type("Dropper", fp.Access(rng=W))
+    second = callback_type("Jitter", fp.Access(rng=W, batch=fp.Access(xs=W)))
+    with pytest.raises(fp.WriteConflictError) as info:
+        fp.build_graph([first(), second()])
+    assert str(info.value) == (
+        "Write conflict between Dropper and Jitter:\n"
+        "  - Dropper writes learner.rng\n"
+        "  - Jitter writes learner.rng\n"
+        "To resolve it, implement\n"
+        "    @fp.resolveconflict.dispatch\n"
+        "    def _(a: Dropper, b: Jitter):\n"
+        "        return fp.RunFirst(a)  # or fp.RunFirst(b), fp.NoConflict(), fp.Unresolvable()"
+    )
+
+
+def test_rng_writers_that_commute_keep_the_given_order():
+    first = callback_type("Dropper", fp.Access(rng=W))
+    second = callback_type("Jitter", fp.Access(rng=W))
+    resolve(first, second, lambda x, y: fp.NoConflict())
+    graph = fp.build_graph([second(), first()])
+    assert [type(cb).__name__ for cb in graph.ordered()] == ["Jitter", "Dropper"]
+    assert graph.ancestors == (frozenset(), frozenset({0}))
+
+
+def test_rng_needs_no_producer():
+    reader = callback_type("Reader", fp.Access(rng=R))
+    assert order([reader()]) == ["Reader"]
+
+
+def test_an_rng_writer_trains_and_draws_in_its_handlers():
+    jitter = callback_type("Jitter", fp.Access(rng=W, batch=fp.Access(xs=W)))
+    draws = []
+
+    def _jitter(event: fp.StepBegin, phase: fp.TrainingPhase, cb: jitter, learner):
+        draws.append(torch.rand(()).item())
+        learner.batch.xs = learner.batch.xs + draws[-1]
+
+    fp.on.dispatch(_jitter)
+    torch.manual_seed(0)
+    test_learner(jitter(), n_batches=2).fit(1)
+    torch.manual_seed(0)
+    assert draws == [torch.rand(()).item(), torch.rand(()).item()]
 
 
 # -- missing producers ---------------------------------------------------------------------------
@@ -308,7 +493,7 @@ def test_cycle_through_run_first_names_the_answer():
     with pytest.raises(fp.CycleError) as info:
         fp.build_graph([types["A"](), types["B"]()])
     assert info.value.reasons == (
-        "resolveconflict(A, B) says RunFirst(A) (both write model)",
+        "RunFirst(A) declared by resolveconflict(A, B) for model",
         "runafter(A) lists B",
     )
 
@@ -557,7 +742,7 @@ def test_to_mermaid():
         '    c0 -- "runafter" --> c2',
         '    c1 -- "cbstate.x" --> c0',
         '    c6 -- "RunFirst: optimizer" --> c5',
-        '    c3 -. "no conflict" .- c4',
+        '    c3 -. "no conflict" .-> c4',
     ])
 
 
@@ -576,7 +761,7 @@ def test_to_dot():
         '    c0 -> c2 [label="runafter"];',
         '    c1 -> c0 [label="cbstate.x"];',
         '    c6 -> c5 [label="RunFirst: optimizer"];',
-        '    c3 -> c4 [dir=none, style=dashed, label="no conflict"];',
+        '    c3 -> c4 [style=dashed, label="no conflict"];',
         "}",
     ])
 

@@ -1,10 +1,10 @@
 """`MixUp`: train on convex combinations of pairs of examples (Zhang et al., 2018).
 
 A worked example of a callback that changes the computation through its permissions. It
-declares exactly what it touches:
+declares exactly what it touches, random state included:
 
     fp.Access(batch=fp.Access(xs=fp.Write(), loss=fp.Write(), preds=fp.Read(), ys=fp.Read()),
-              loss_fn=fp.Read())
+              loss_fn=fp.Read(), rng=fp.Write())
 
 - `StepBegin`: draw `lam ~ Beta(alpha, alpha)` and a permutation `perm` of the batch, and
   replace `batch.xs` with `lam * xs + (1 - lam) * xs[perm]`. The step re-reads `batch.xs`
@@ -21,7 +21,9 @@ Its handlers are methods for `AbstractTrainingPhase` only: validation is untouch
 
 `lam` and `perm` come from torch's global random generator on the CPU, one draw each per
 step (so `torch.manual_seed` makes a run repeatable and checkpoints that save the RNG resume
-it); `perm` then goes to the batch's device without a sync.
+it); `perm` then goes to the batch's device without a sync. Drawing advances the generator,
+so MixUp declares `rng=fp.Write()`: with another callback that draws random numbers, the
+two are a write conflict until `resolveconflict` fixes their order, and with it every draw.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class MixUp(Callback):
 @stateaccess.dispatch
 def _mixup_access(cb: MixUp):
     return Access(batch=Access(xs=Write(), loss=Write(), preds=Read(), ys=Read()),
-                  loss_fn=Read())
+                  loss_fn=Read(), rng=Write())
 
 
 @on.dispatch

@@ -1,5 +1,6 @@
 """GradientAccumulation and GradientClipping through the update hook of the training step."""
 
+import attrs
 import pytest
 import torch
 
@@ -48,6 +49,29 @@ def recorder(event, read, into, phase=fp.TrainingPhase):
 def grad_norm(learner):
     grads = [p.grad.flatten() for p in learner.model.parameters() if p.grad is not None]
     return torch.cat(grads).norm().item()
+
+
+@attrs.define
+class GradNorm(fp.Callback):
+    """Records the gradient norm at `BackwardEnd`, declared to run before clipping."""
+
+    norms: list = attrs.Factory(list)
+
+
+@fp.stateaccess.dispatch
+def _grad_norm_access(cb: GradNorm):
+    return fp.Access(model=fp.Read())
+
+
+@fp.on.dispatch
+def _grad_norm_backward_end(event: fp.BackwardEnd, phase: fp.TrainingPhase, cb: GradNorm,
+                            learner):
+    cb.norms.append(grad_norm(learner))
+
+
+@fp.resolveconflict.dispatch
+def _grad_norm_before_clipping(a: GradNorm, b: fp.GradientClipping):
+    return fp.RunFirst(a)
 
 
 # -- GradientAccumulation -------------------------------------------------------------------------
@@ -209,3 +233,27 @@ def test_accumulation_and_clipping_read_no_tensor_values_per_step(host_reads):
         learner.fit(1)
         counts.append(len(host_reads))
     assert counts[0] == counts[1]  # only the epoch ends read values
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_gradient_norm_declared_run_first_sees_the_gradients_before_clipping(reverse):
+    data = regression_batches(8)
+    unclipped = GradNorm()
+    linear_learner(unclipped, data=data).fit(1)
+    before, after = GradNorm(), []
+    cbs = [fp.GradientClipping(0.1), before]
+    learner = linear_learner(*(cbs[::-1] if reverse else cbs),
+                             recorder(fp.BackwardEnd, grad_norm, after), data=data)
+    assert [type(c).__name__ for c in learner.graph.ordered()] == [
+        "GradNorm", "GradientClipping", "CustomCallback"]
+    learner.fit(1)
+    assert before.norms[0] == unclipped.norms[0]  # same parameters at the first step
+    assert min(before.norms) > 0.1
+    assert max(after) <= 0.1 * (1 + 1e-6)
+
+
+def test_explain_shows_the_run_first_of_the_gradient_norm_as_declared():
+    text = fp.explain(linear_learner(fp.GradientClipping(0.1), GradNorm(), data=[]))
+    assert ("GradNorm before GradientClipping: RunFirst(GradNorm) declared by "
+            "resolveconflict(GradNorm, GradientClipping) for model") in [
+        " ".join(line.split()) for line in text.splitlines()]

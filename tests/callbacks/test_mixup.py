@@ -101,7 +101,7 @@ def test_integer_inputs_are_an_error_that_says_so():
 
 def test_declares_exactly_what_it_writes():
     access = fp.stateaccess(fp.MixUp())
-    assert sorted(access.writes()) == [("batch", "loss"), ("batch", "xs")]
+    assert sorted(access.writes()) == [("batch", "loss"), ("batch", "xs"), ("rng",)]
     assert sorted(access.reads()) == [("batch", "preds"), ("batch", "ys"), ("loss_fn",)]
 
 
@@ -134,3 +134,27 @@ def test_mixup_trains_with_mixed_precision_and_accumulation():
     valid = learner.cbstate.metricsepoch[VALIDATION]["loss"]
     assert valid[-1] < valid[0]
     assert len(losses) == 48 and all(loss > 0 for loss in losses)
+
+
+class Dropper(fp.Callback):
+    """Another callback that draws random numbers (and touches nothing MixUp touches)."""
+
+
+@fp.stateaccess.dispatch
+def _dropper_access(cb: Dropper):
+    return fp.Access(rng=fp.Write())
+
+
+def test_mixup_conflicts_with_another_random_callback_until_their_order_is_declared():
+    with pytest.raises(fp.WriteConflictError, match=(
+        r"^Write conflict between MixUp and Dropper:\n  - MixUp writes learner\.rng\n"
+        r"  - Dropper writes learner\.rng\nTo resolve it, implement\n"
+        r"    @fp\.resolveconflict\.dispatch\n    def _\(a: MixUp, b: Dropper\):"
+    )):
+        fp.build_graph([fp.MixUp(), Dropper()])
+
+
+def test_two_mixups_conflict_on_the_generator_too():
+    with pytest.raises(fp.WriteConflictError) as info:
+        fp.build_graph([fp.MixUp(), fp.MixUp()])
+    assert ("rng", "rng") in info.value.paths
