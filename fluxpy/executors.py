@@ -7,8 +7,12 @@ gets that plan for every fired event and must run every handler after the handle
 
 - `SerialExecutor` (default): in order, in the calling thread.
 - `ThreadedExecutor(max_workers)`: each handler as soon as its `.after` are done. The graph
-  puts an edge between any two callbacks whose declared reads and writes overlap (or marks
-  them exclusive), so concurrent handlers never touch the same state.
+  puts an edge between any two callbacks whose declared state overlaps with a write, so
+  concurrent handlers never touch the same state.
+
+Any executor gives the serial result: the same values, random draws and errors as
+`SerialExecutor`. For the threaded one that takes the calling thread's torch modes onto the
+workers and waiting for every handler it started before `run` returns.
 
 Extending:
     Subclass `Executor` and implement `run(event, phase, handlers)`; pass an instance as
