@@ -33,6 +33,7 @@ from .ddp import DistributedTraining
 from .distributed import runs_on_this_rank
 from .errors import (
     AmbiguousHandlerError,
+    CallbackGraphError,
     CancelEpochException,
     CancelFitException,
 )
@@ -155,6 +156,8 @@ class Learner:
         # (event, phase) -> plan, and (id(event), id(phase)) -> (plan, event, phase)
         self._plans: dict[tuple[Any, Any], Any] = {}
         self._stale = False
+        self._fitting = False  # while true, changes of callbacks wait for an epoch boundary
+        self._queued: list[Callback] | None = None  # the roots a change during fit asked for
         roots = list(callbacks)
         if use_default_callbacks:
             roots += missing_defaults(roots)
@@ -177,6 +180,12 @@ class Learner:
 
         `FitBegin` fires first and `FitEnd` always fires last, also after an error or Ctrl-C.
         `CancelFitException` ends the fit normally; its message is the `stop_reason`.
+
+        Callbacks changed during the fit (`add_callback`, `remove_callback`, `replace_callback`
+        from a handler) are checked at the call and applied at the next epoch boundary, so
+        every callback sees whole epochs: one that leaves gets `FitEnd` there, one that joins
+        gets `init` and `FitBegin`. Changes asked for during the last epoch or at `FitEnd`
+        apply when the fit ends (also after an error), for the next fit.
         """
         if not isinstance(n_epochs, int) or isinstance(n_epochs, bool) or n_epochs < 0:
             raise ValueError(f"fit(n_epochs={n_epochs!r}): n_epochs must be an int >= 0")
@@ -191,10 +200,12 @@ class Learner:
             self._set_callbacks(self._roots, init=False)
         epochs, reason = 0, None
         self.closing_epoch = None
+        self._fitting = True
         try:
             self.handle(_FIT_BEGIN, _FIT_PHASE)
             for _ in range(n_epochs):
                 for phase, phase_data in plan:
+                    self._apply_queued(boundary=True)
                     with suppress(CancelEpochException):  # raised at EpochBegin, after EpochEnd
                         run_epoch(self, phase, phase_data)
                 epochs += 1
@@ -209,6 +220,7 @@ class Learner:
                 exc.add_note(f"FitEnd handlers also failed: {end_exc!r}")
             finally:
                 self.executor.close()
+                self._end_fit(exc)
             raise
         try:
             self.handle(_FIT_END, _FIT_PHASE)
@@ -216,6 +228,7 @@ class Learner:
             reason = reason or str(stop) or "CancelFitException"
         finally:
             self.executor.close()  # threads are not kept between fits; a pool restarts lazily
+            self._end_fit()
         return FitResult(epochs, reason)
 
     def handle(self, event: Event, phase: Phase) -> None:
@@ -260,23 +273,28 @@ class Learner:
         """All callbacks (groups flattened), in the order they were given."""
         return self.graph.callbacks
 
+    # Each change is checked at once: a graph error (or a failing `init`) is raised at the call
+    # and leaves the learner as it was. During `fit` it is applied at the next epoch boundary
+    # (see `fit`); until then `callbacks` lists the callbacks as they are.
+
     def add_callback(self, callback: Callback) -> None:
         """Add a callback (or group), re-check the graph and `init` it."""
-        self._set_callbacks([*self._roots, callback])
+        self._change([*self._wanted(), callback], f"add_callback({_short(callback)})")
 
     def remove_callback(self, callback: Callback | type) -> Callback:
         """Remove a top-level callback given as the object or its type; returns it."""
-        index = self._root_index(callback)
-        removed = self._roots[index]
-        self._set_callbacks(self._roots[:index] + self._roots[index + 1:], init=False)
-        return removed
+        roots = self._wanted()
+        index = self._root_index(roots, callback)
+        self._change(roots[:index] + roots[index + 1:], f"remove_callback({_short(callback)})")
+        return roots[index]
 
     def replace_callback(self, old: Callback | type, new: Callback) -> Callback:
         """Put `new` where `old` (an object or type) was; returns `old`."""
-        index = self._root_index(old)
-        removed = self._roots[index]
-        self._set_callbacks([*self._roots[:index], new, *self._roots[index + 1:]])
-        return removed
+        roots = self._wanted()
+        index = self._root_index(roots, old)
+        self._change([*roots[:index], new, *roots[index + 1:]],
+                     f"replace_callback({_short(old)}, {_short(new)})")
+        return roots[index]
 
     def get_callback(self, kind: type) -> Callback | None:
         """The first callback that is an instance of `kind`, or `None`."""
@@ -289,14 +307,63 @@ class Learner:
                 return v
         raise ValueError(f"{type(callback).__name__} is not a callback of this learner")
 
-    def _root_index(self, callback: Callback | type) -> int:
-        for i, cb in enumerate(self._roots):
+    @staticmethod
+    def _root_index(roots: list[Callback], callback: Callback | type) -> int:
+        for i, cb in enumerate(roots):
             if cb is callback or (isinstance(callback, type) and isinstance(cb, callback)):
                 return i
-        names = ", ".join(type(c).__name__ for c in self._roots)
+        names = ", ".join(type(c).__name__ for c in roots)
         raise ValueError(f"no callback {callback!r} among the learner's callbacks ({names})")
 
-    def _set_callbacks(self, roots: list[Callback], init: bool = True) -> None:
+    def _wanted(self) -> list[Callback]:
+        """The top-level callbacks with the changes asked for so far (applied or not)."""
+        return list(self._roots if self._queued is None else self._queued)
+
+    def _change(self, roots: list[Callback], call: str) -> None:
+        try:
+            if self._fitting:
+                self._build(roots)  # only checked: applied at the next epoch boundary
+                self._queued = roots
+            else:
+                self._set_callbacks(roots)
+        except CallbackGraphError as exc:
+            exc.add_note(f"{call} was refused; the learner's callbacks are as they were")
+            raise
+
+    def _apply_queued(self, boundary: bool) -> None:
+        """Make the callbacks asked for during `fit` the learner's. At an epoch boundary,
+        those that leave get `FitEnd` and those that join `FitBegin` (after `init`)."""
+        roots, self._queued = self._queued, None
+        if roots is None:
+            return
+        before = self.graph.callbacks
+        if boundary:
+            staying = {id(cb) for cb in flatten_callbacks(roots)[0]}
+            self._fire_for(_FIT_END, lambda cb: id(cb) not in staying)
+        self._set_callbacks(roots)
+        if boundary:
+            self._fire_for(_FIT_BEGIN, lambda cb: all(cb is not old for old in before))
+
+    def _fire_for(self, event: Event, chosen: Callable[[Callback], bool]) -> None:
+        """Run the handlers of `event` of the `chosen` callbacks only, in plan order. They run
+        one by one, not through the executor: their `.after` name handlers left out."""
+        for handler in self._plan_entry(event, _FIT_PHASE)[0]:
+            if chosen(handler.callback):
+                handler()
+
+    def _end_fit(self, error: BaseException | None = None) -> None:
+        """After `FitEnd`: the changes still waiting apply now, for the next fit. When the fit
+        ends with `error`, a failure to apply them becomes a note on it."""
+        self._fitting = False
+        try:
+            self._apply_queued(boundary=False)
+        except Exception as exc:
+            if error is None:
+                raise
+            error.add_note(f"a change of callbacks asked for during fit failed: {exc!r}")
+
+    def _build(self, roots: list[Callback]) -> tuple[CallbackGraph, tuple[Any, ...], dict]:
+        """The graph, views and groups of `roots`; raises every `CallbackGraphError` now."""
         flat, groups = flatten_callbacks(roots)
         graph = build_graph(flat)
         views = tuple(
@@ -304,21 +371,34 @@ class Learner:
             for cb, access in zip(graph.callbacks, graph.access)
         )
         _check_ambiguity(graph)
+        return graph, views, groups
+
+    def _set_callbacks(self, roots: list[Callback], init: bool = True) -> None:
+        """Make `roots` the learner's callbacks and `init` the new ones. If a check or an
+        `init` fails, the learner is left as it was (callbacks, graph, views, plans)."""
+        graph, views, groups = self._build(roots)
         previous = getattr(self, "graph", None)
         old = {id(c) for c in previous.callbacks} if previous is not None else set()
+        saved = (previous, getattr(self, "_views", ()), getattr(self, "groups", {}),
+                 self._roots, self._plans, self._stale)
         self.graph, self._views, self.groups = graph, views, groups
         self._roots = list(roots)
         self._plans = {}
         self._stale = False
-        for event, phase in _BUILTIN_PAIRS:  # plan now, so the first fit starts ready
-            self._plan_entry(event, phase)
-        for phase, events in ((_TRAINING, TRAINING_STEP_EVENTS),
-                              (_VALIDATION, VALIDATION_STEP_EVENTS)):
-            self._step_plans(phase, events)
-        if init:
-            for cb, v in zip(graph.callbacks, views):
-                if id(cb) not in old and runs_on_this_rank(cb):
-                    cb.init(v)
+        try:
+            for event, phase in _BUILTIN_PAIRS:  # plan now, so the first fit starts ready
+                self._plan_entry(event, phase)
+            for phase, events in ((_TRAINING, TRAINING_STEP_EVENTS),
+                                  (_VALIDATION, VALIDATION_STEP_EVENTS)):
+                self._step_plans(phase, events)
+            if init:  # with the new graph in place: an `init` may look at `learner.callbacks`
+                for name, cb, view in zip(graph.names, graph.callbacks, views):
+                    if id(cb) not in old and runs_on_this_rank(cb):
+                        _init(cb, name, view, groups)
+        except BaseException:
+            (self.graph, self._views, self.groups, self._roots, self._plans,
+             self._stale) = saved
+            raise
 
     def _plan(self, event: Event, phase: Phase) -> tuple[Handler, ...]:
         graph = self.graph
@@ -375,6 +455,22 @@ class Learner:
                     "the dataset and the DataLoader's batch_size / drop_last."
                 )
         return plan
+
+
+def _init(cb: Callback, name: str, view: Any, groups: dict[int, Callback]) -> None:
+    try:
+        cb.init(view)
+    except Exception as exc:
+        group = groups.get(id(cb))
+        where = f" (in the group {type(group).__name__})" if group is not None else ""
+        exc.add_note(f"raised by {name}.init(learner){where}, when the learner adopted {name}; "
+                     "the learner's callbacks are as they were")
+        raise
+
+
+def _short(callback: Callback | type) -> str:
+    """`Metrics()` for a callback, `Metrics` for a type: how a change names it."""
+    return callback.__name__ if isinstance(callback, type) else f"{type(callback).__name__}()"
 
 
 def _method(event: type, phase: type, cb: Callback):

@@ -392,6 +392,144 @@ def test_replace_callback_by_type():
     assert len(learner.callbacks) == 5
 
 
+# -- changing callbacks during fit: checked at the call, applied at the next epoch boundary ----
+
+
+@attrs.define(eq=False)
+class Log(fp.Callback):
+    """Records `init` and every event it sees, as `"Event Phase"` strings."""
+
+    seen: list = attrs.Factory(list)
+
+    def init(self, learner):
+        self.seen.append("init")
+
+
+@fp.on.dispatch
+def _log_event(event: fp.Event, phase: fp.Phase, cb: Log, learner):
+    cb.seen.append(f"{type(event).__name__} {type(phase).__name__}")
+
+
+@attrs.define(eq=False)
+class Changer(fp.UnsafeCallback):
+    """Calls `change(learner)` at the `at`-th firing of `event` (in any phase)."""
+
+    event: type
+    at: int
+    change: object
+    fired: int = 0
+    error: Exception | None = None
+
+
+@fp.on.dispatch
+def _changer_event(event: fp.Event, phase: fp.Phase, cb: Changer, learner):
+    if isinstance(event, cb.event):
+        cb.fired += 1
+        if cb.fired == cb.at:
+            try:
+                cb.change(learner)
+            except fp.CallbackGraphError as error:
+                cb.error = error
+
+
+def test_metrics_added_mid_epoch_joins_at_the_next_epoch():
+    metrics = fp.Metrics()
+    learner = learner_with(data=(DATA, DATA), callbacks=[
+        fp.Recorder(), Changer(fp.StepEnd, 1, lambda learner: learner.add_callback(metrics))])
+    assert learner.fit(2).epochs == 2
+    assert learner.get_callback(fp.Metrics) is metrics
+    epochs = learner.cbstate.metricsepoch
+    assert (len(epochs[TRAIN]["loss"]), len(epochs[VALID]["loss"])) == (1, 2)
+
+
+def test_a_callback_added_during_fit_gets_init_fit_begin_and_whole_epochs():
+    log = Log()
+    learner = learner_with(data=(DATA, DATA), callbacks=[
+        Changer(fp.StepBegin, 2, lambda learner: learner.add_callback(log))])
+    learner.fit(1)
+    assert log.seen[:3] == ["init", "FitBegin Phase", "EpochBegin ValidationPhase"]
+    assert log.seen[-2:] == ["EpochEnd ValidationPhase", "FitEnd Phase"]
+    assert log.seen.count("StepEnd ValidationPhase") == len(DATA)
+    assert not any("TrainingPhase" in seen for seen in log.seen)
+
+
+def test_a_callback_removed_during_fit_gets_fit_end_at_the_boundary_and_nothing_after():
+    log = Log()
+    learner = learner_with(data=(DATA, DATA), callbacks=[
+        log, Changer(fp.StepEnd, 1, lambda learner: learner.remove_callback(log))])
+    learner.fit(2)
+    assert log.seen[-2:] == ["EpochEnd TrainingPhase", "FitEnd Phase"]
+    assert log.seen.count("FitEnd Phase") == 1
+    assert log not in learner.callbacks
+
+
+def test_a_graph_error_from_a_change_during_fit_is_raised_at_the_call():
+    changer = Changer(fp.StepEnd, 1, lambda learner: learner.add_callback(fp.MetricsPrinter()))
+    learner = learner_with(data=(DATA, DATA), callbacks=[fp.Recorder(), changer])
+    assert learner.fit(2).epochs == 2
+    assert isinstance(changer.error, fp.MissingStateError)
+    assert changer.error.__notes__ == [
+        "add_callback(MetricsPrinter()) was refused; the learner's callbacks are as they were"]
+    assert [type(c) for c in learner.callbacks] == [fp.Recorder, Changer]
+
+
+def test_changes_during_fit_wait_for_the_boundary_and_compose_in_order():
+    log, first, second = Log(), fp.Recorder(), fp.Recorder()
+
+    def change(learner):
+        learner.add_callback(log)
+        learner.replace_callback(first, second)
+        assert learner.callbacks == (first, changer)  # nothing applied yet
+        learner.remove_callback(log)
+
+    changer = Changer(fp.StepEnd, 1, change)
+    learner = learner_with(data=(DATA, None), callbacks=[first, changer])
+    learner.fit(2)
+    assert learner.callbacks == (second, changer)
+    assert log.seen == []
+    assert learner.cbstate.history[TRAIN].epochs == 2
+
+
+def test_a_change_at_the_last_epoch_end_applies_when_fit_ends_for_the_next_fit():
+    log = Log()
+    learner = learner_with(data=(DATA, None), callbacks=[
+        Changer(fp.EpochEnd, 2, lambda learner: learner.add_callback(log))])
+    learner.fit(2)
+    assert log.seen == ["init"]
+    assert log in learner.callbacks
+    learner.fit(1)
+    assert log.seen[1:3] == ["FitBegin Phase", "EpochBegin TrainingPhase"]
+
+
+def test_a_change_before_an_error_is_still_applied():
+    log = Log()
+
+    def change_then_fail(learner):
+        learner.add_callback(log)
+        raise RuntimeError("boom")
+
+    learner = learner_with(data=(DATA, None), callbacks=[
+        Changer(fp.StepEnd, 1, change_then_fail)])
+    with pytest.raises(RuntimeError, match="boom"):
+        learner.fit(1)
+    assert log in learner.callbacks
+    assert log.seen == ["init"]
+
+
+def test_a_failing_fit_end_still_ends_the_fit_for_changes():
+    def fail(learner):
+        raise RuntimeError("cannot close")
+
+    log = Log()
+    learner = learner_with(data=(DATA, None), callbacks=[
+        Changer(fp.StepEnd, 1, lambda learner: learner.add_callback(log)),
+        fp.CustomCallback(fail, fp.FitEnd)])
+    with pytest.raises(RuntimeError, match="cannot close"):
+        learner.fit(1)
+    learner.remove_callback(log)  # applied at once: no fit is running
+    assert log not in learner.callbacks
+
+
 def test_get_callback_finds_group_members_and_returns_none_when_absent():
     metrics = fp.Metrics()
     learner = learner_with(callbacks=[Bundle([metrics])])

@@ -205,3 +205,64 @@ def test_fault_in_a_threaded_executor_keeps_its_type_and_note():
         learner.fit(1)
     assert "CustomCallback for StepEnd in TrainingPhase" in info.value.__notes__[0]
     assert learner.fit(1).epochs == 1
+
+
+# -- a callback's init -------------------------------------------------------------------------
+
+
+class FailingInit(fp.Callback):
+    """Its `init` raises."""
+
+    def init(self, learner):
+        raise RuntimeError("no GPU for this callback")
+
+
+@attrs.define
+class Pair(fp.Callback):
+    """A group of two."""
+
+    members: tuple = ()
+
+    def subcallbacks(self):
+        return self.members
+
+
+def learner_state(learner):
+    """What a failed change of callbacks must leave as it was."""
+    return (learner.graph, learner._views, learner._plans, learner.callbacks,
+            learner._roots.copy(), learner.groups)
+
+
+def test_init_that_raises_while_building_keeps_its_type_with_a_note_naming_the_callback():
+    with pytest.raises(RuntimeError, match="no GPU") as info:
+        test_learner(fp.Recorder(), FailingInit())
+    assert info.value.__notes__ == [
+        "raised by FailingInit.init(learner), when the learner adopted FailingInit; the "
+        "learner's callbacks are as they were"]
+
+
+@pytest.mark.parametrize("change", [
+    lambda learner: learner.add_callback(FailingInit()),
+    lambda learner: learner.add_callback(Pair((fp.Metrics(), FailingInit()))),
+    lambda learner: learner.replace_callback(fp.Recorder, FailingInit()),
+])
+def test_init_that_raises_leaves_the_learner_as_it_was(change):
+    learner = test_learner(fp.Recorder(), Pair((FitEnds(),)))
+    before = learner_state(learner)
+    with pytest.raises(RuntimeError, match="no GPU") as info:
+        change(learner)
+    assert "raised by FailingInit.init(learner)" in info.value.__notes__[0]
+    after = learner_state(learner)
+    assert all(a is b for a, b in zip(after[:4], before[:4]))
+    assert after[4:] == before[4:]
+    assert [type(c) for c in learner.callbacks] == [fp.Recorder, Pair, FitEnds]
+    assert learner.fit(1).epochs == 1
+
+
+def test_init_that_raises_in_a_group_names_the_group():
+    learner = test_learner(fp.Recorder())
+    with pytest.raises(RuntimeError, match="no GPU") as info:
+        learner.add_callback(Pair((FailingInit(),)))
+    assert info.value.__notes__ == [
+        "raised by FailingInit.init(learner) (in the group Pair), when the learner adopted "
+        "FailingInit; the learner's callbacks are as they were"]
