@@ -210,8 +210,8 @@ def update_parameters(learner) -> None:
 
 #: The events of the built-in steps, in the order they fire. The steps fire them through the
 #: executor with the plans `Learner._step_plans` gives, skipping events without handlers, and
-#: ask for the plans again after each event that ran handlers (a handler may register a method
-#: or add a callback).
+#: ask for the plans again after each event that ran handlers (a handler may register a
+#: method; callbacks themselves change only between epochs).
 TRAINING_STEP_EVENTS = (STEP_BEGIN, LOSS_BEGIN, BACKWARD_BEGIN, BACKWARD_END, STEP_END)
 VALIDATION_STEP_EVENTS = (STEP_BEGIN, LOSS_BEGIN, STEP_END)
 _TRAINING_KEY, _VALIDATION_KEY = id(TRAINING_STEP_EVENTS), id(VALIDATION_STEP_EVENTS)
@@ -221,7 +221,7 @@ _new_batch = object.__new__  # an empty Batch without the keyword-argument loop 
 def _fire(learner, event: Event, phase: Phase, plans: tuple, index: int,
           events: tuple[Event, ...]) -> tuple:
     """Run `plans[index]` for `event`; then the plans of `events`: the same unless the
-    handlers changed them (a new method or callback replaces the learner's plan cache)."""
+    handlers changed them (a new method replaces the learner's plan cache)."""
     cache = learner._plans
     learner.executor.run(event, phase, plans[index])
     return plans if learner._plans is cache else learner._step_plans(phase, events)
@@ -258,10 +258,14 @@ def _training_step(learner, phase: AbstractTrainingPhase, batch):
         if plans[2]:
             plans = _fire(learner, BACKWARD_BEGIN, phase, plans, 2, events)
             state = learner.batch
-        loss = state.loss
-        loss.backward()
+        differentiated = state.loss  # `loss` unless a BackwardBegin handler replaced it
+        try:
+            differentiated.backward()
+        except RuntimeError as exc:
+            _backward_failed(exc, learner, phase, loss, differentiated, plans[2])
+            raise
         backward_done = True
-        learner._last_graph = loss.grad_fn  # see Learner._last_graph
+        learner._last_graph = differentiated.grad_fn  # see Learner._last_graph
         if plans[3]:
             plans = _fire(learner, BACKWARD_END, phase, plans, 3, events)
             state = learner.batch
@@ -325,7 +329,7 @@ def _unpack(batch: Any, phase: Phase) -> Any:
     elif isinstance(batch, torch.Tensor):
         what = f"a tensor of shape {tuple(batch.shape)}"
     else:
-        what = f"a {type(batch).__name__}"
+        what = _a(type(batch).__name__)
     raise BadBatchError(
         f"{phase} got {what} as a batch; the built-in steps need (xs, ys) pairs (a tuple or "
         "list of two). Yield pairs from the data (e.g. a DataLoader over a TensorDataset(xs, "
@@ -343,15 +347,58 @@ def _loss_note(exc: BaseException, state: Batch, phase: Phase) -> None:
 def _describe(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
-    return f"a {type(value).__name__}"
+    return _a(type(value).__name__)
+
+
+def _a(noun: str) -> str:
+    """`noun` with its indefinite article: "a float", "an int"."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def _check_loss(loss: Any, phase: Phase) -> Any:
     if isinstance(loss, torch.Tensor) and loss.ndim == 0:
         return loss
     what = (f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor)
-            else f"a {type(loss).__name__}")
+            else _a(type(loss).__name__))
     raise BadLossError(
         f"loss_fn returned {what} in {phase}; fluxpy needs a scalar tensor to differentiate "
         "and to average. Reduce it (e.g. reduction='mean', or .mean() at the end of loss_fn)."
     )
+
+
+def _backward_failed(exc: RuntimeError, learner, phase: Phase, returned: Any,
+                     differentiated: Any, handlers: tuple) -> None:
+    """Say why `differentiated.backward()` failed, when fluxpy can tell: an integer loss is a
+    `BadLossError`; a loss that does not require grad gets a note naming it and the likely
+    cause (torch's own message says neither)."""
+    if not isinstance(differentiated, torch.Tensor):
+        return
+    fn = learner.loss_fn
+    source = f"what loss_fn {getattr(fn, '__name__', type(fn).__name__)} returned"
+    if differentiated is not returned:
+        names = ", ".join(h.name for h in handlers)
+        source = f"batch.loss as the BackwardBegin handlers ({names}) left it"
+    if not (differentiated.is_floating_point() or differentiated.is_complex()):
+        raise BadLossError(
+            f"the loss in {phase} is a {differentiated.dtype} tensor ({source}): gradients need "
+            "a floating-point loss. Compute it from preds with float operations (counts and "
+            "argmax have no gradient; report those with fp.Metrics)."
+        ) from exc
+    if differentiated.requires_grad:
+        return  # another failure (a second backward, an in-place change): torch's message says
+    if not any(p.requires_grad for p in learner.model.parameters()):
+        cause = ("the model has no trainable parameters (requires_grad is False for all of "
+                 "them): unfreeze some, or run only validation phases")
+    elif differentiated is not returned and getattr(returned, "requires_grad", False):
+        cause = ("a BackwardBegin handler replaced batch.loss with a value that does not "
+                 "require grad: compute the replacement from batch.loss with torch operations")
+    elif not getattr(learner.batch.preds, "requires_grad", True):
+        cause = ("the model's output does not require grad: its forward cuts it off "
+                 "(.detach(), .item(), torch.no_grad(), a tensor rebuilt from values)")
+    else:
+        cause = ("loss_fn cut it off from the model's output (.detach(), .item(), a new tensor "
+                 "made from values, or torch.no_grad()): compute it from preds with torch "
+                 "operations")
+    exc.add_note(f"loss.backward() failed in {phase}: the loss, {differentiated!r}, does not "
+                 "require grad, so nothing connects it to the model's parameters. It is "
+                 f"{source}. Likely cause: {cause}.")

@@ -1,5 +1,7 @@
 """Bad input to the learner and the loop: each a clear error saying what is wrong and the fix."""
 
+import re
+
 import pytest
 import torch
 
@@ -195,3 +197,104 @@ def test_bad_batch_in_a_later_batch_still_names_the_phase():
     data = [*test_batches(2), torch.zeros(3)]
     with pytest.raises(fp.BadBatchError, match=r"TrainingPhase got a tensor of shape \(3,\)"):
         test_learner().fit(1, data=(data, None))
+
+
+# -- a loss that cannot be differentiated --------------------------------------------------------
+
+
+class Frozen(CoeffModel):
+    """A CoeffModel whose parameter is frozen."""
+
+    def __init__(self):
+        super().__init__(1.0)
+        self.coeff.requires_grad_(False)
+
+
+class Detaching(CoeffModel):
+    """A CoeffModel whose forward detaches its output."""
+
+    def forward(self, xs):
+        return super().forward(xs).detach()
+
+
+class DetachLoss(fp.Callback):
+    """Puts a detached copy of the loss in its place at BackwardBegin."""
+
+
+@fp.on.dispatch
+def _detach_loss(event: fp.BackwardBegin, phase: fp.Phase, cb: DetachLoss, learner):
+    learner.batch.loss = learner.batch.loss.detach()
+
+
+@fp.stateaccess.dispatch
+def _detach_loss_access(cb: DetachLoss):
+    return fp.Access(batch=fp.Access(loss=fp.Write()))
+
+
+def l1_detached(preds, ys):
+    return torch.nn.functional.l1_loss(preds, ys).detach()
+
+
+def l1_without_grad(preds, ys):
+    with torch.no_grad():
+        return torch.nn.functional.l1_loss(preds, ys)
+
+
+@pytest.mark.parametrize("loss_fn", [l1_detached, l1_without_grad])
+def test_loss_cut_off_from_the_model_keeps_torchs_error_with_a_note_on_the_cause(loss_fn):
+    learner = learner_with_loss(loss_fn)
+    with pytest.raises(RuntimeError, match="does not require grad") as info:
+        learner.fit(1)
+    assert info.value.__notes__ == [
+        f"loss.backward() failed in TrainingPhase: the loss, tensor(2.), does not require "
+        f"grad, so nothing connects it to the model's parameters. It is what loss_fn "
+        f"{loss_fn.__name__} returned. Likely cause: loss_fn cut it off from the model's "
+        "output (.detach(), .item(), a new tensor made from values, or torch.no_grad()): "
+        "compute it from preds with torch operations."]
+
+
+def test_model_without_trainable_parameters_is_named_as_the_cause():
+    learner = fp.Learner(Frozen(), torch.nn.functional.l1_loss, data=(GOOD, None),
+                         use_default_callbacks=False)
+    with pytest.raises(RuntimeError, match="does not require grad") as info:
+        learner.fit(1)
+    assert info.value.__notes__[0].endswith(
+        "Likely cause: the model has no trainable parameters (requires_grad is False for "
+        "all of them): unfreeze some, or run only validation phases.")
+
+
+def test_model_that_detaches_its_output_is_named_as_the_cause():
+    learner = fp.Learner(Detaching(1.0), torch.nn.functional.l1_loss, data=(GOOD, None),
+                         use_default_callbacks=False)
+    with pytest.raises(RuntimeError, match="does not require grad") as info:
+        learner.fit(1)
+    assert info.value.__notes__[0].endswith(
+        "Likely cause: the model's output does not require grad: its forward cuts it off "
+        "(.detach(), .item(), torch.no_grad(), a tensor rebuilt from values).")
+
+
+def test_handler_that_replaces_the_loss_with_a_detached_one_is_named():
+    learner = fp.Learner(CoeffModel(1.0), torch.nn.functional.l1_loss, data=(GOOD, None),
+                         callbacks=[DetachLoss()], use_default_callbacks=False)
+    with pytest.raises(RuntimeError, match="does not require grad") as info:
+        learner.fit(1)
+    note = info.value.__notes__[-1]
+    assert "It is batch.loss as the BackwardBegin handlers (DetachLoss) left it" in note
+    assert note.endswith(
+        "Likely cause: a BackwardBegin handler replaced batch.loss with a value that does not "
+        "require grad: compute the replacement from batch.loss with torch operations.")
+
+
+def test_integer_loss_is_a_bad_loss_error():
+    learner = learner_with_loss(lambda preds, ys: (preds.round() == ys).sum())
+    with pytest.raises(fp.BadLossError, match=re.escape(
+            "the loss in TrainingPhase is a torch.int64 tensor (what loss_fn <lambda> "
+            "returned): gradients need a floating-point loss. Compute it from preds with float "
+            "operations (counts and argmax have no gradient; report those with fp.Metrics).")):
+        learner.fit(1)
+
+
+def test_python_int_loss_is_a_bad_loss_error_in_good_grammar():
+    learner = learner_with_loss(lambda preds, ys: 1)
+    with pytest.raises(fp.BadLossError, match="loss_fn returned an int in TrainingPhase"):
+        learner.fit(1)
