@@ -2,9 +2,10 @@
 
 Nothing is trained and no state changes: the text lists each callback with its reads and
 writes (and the group it came from), then, for each phase and event, the handlers in the
-order they will run, then the edges of the graph with their reasons, each once: the orders
-someone declared (`runafter`, `RunFirst`) apart from those inferred from state access and
-from the given order of `NoConflict` pairs. The result is a `str` with `to_mermaid()` and
+order they will run, then the edges of the graph with their reasons, each once: first the
+orders someone declared (`runafter`, `RunFirst(...) declared by resolveconflict(...)`), then
+those inferred from state access (a writer before its readers), then the given order kept
+by `NoConflict` pairs. The result is a `str` with `to_mermaid()` and
 `to_dot()` for drawing the graph.
 """
 
@@ -82,27 +83,21 @@ def explain(learner, phases: Sequence[Phase] | None = None) -> Explanation:
     return Explanation("\n".join(lines), graph)
 
 
-#: How `explain` heads each kind of reason, declared orders first.
-_HEADINGS = {
-    DECLARED: "Declared (runafter, resolveconflict):",
-    STATE: "From state (a writer runs before its readers):",
-    GIVEN_ORDER: "Given order (NoConflict, nothing else orders the pair):",
-}
+#: The order in which `explain` lists reasons: declared orders first, then those inferred
+#: from state access, then the given order of `NoConflict` pairs.
+_KINDS = (DECLARED, STATE, GIVEN_ORDER)
 
 
 def _why(graph: CallbackGraph) -> list[str]:
-    """Each edge's reasons, grouped by where the order comes from, in run order."""
+    """Each edge's reasons, declared ones first, each kind in run order."""
     if not graph.edges:
         return ["No ordering constraints: callbacks run in the order given."]
     position = {i: k for k, i in enumerate(graph.order)}
     edges = sorted(graph.edges, key=lambda e: (position[e.before], position[e.after]))
-    lines = ["Why this order:"]
-    for kind, heading in _HEADINGS.items():
-        found = [f"    {graph.names[e.before]} before {graph.names[e.after]}: {r}"
-                 for e in edges for r in e.reasons if r.kind == kind]
-        if found:
-            lines += [f"  {heading}", *found]
-    return lines
+    return ["Why this order:"] + [
+        f"  {graph.names[e.before]} before {graph.names[e.after]}: {r}"
+        for kind in _KINDS for e in edges for r in e.reasons if r.kind == kind
+    ]
 
 
 def _custom_events(graph: CallbackGraph) -> list[type[Event]]:

@@ -139,8 +139,7 @@ def test_explain_lists_callbacks_handlers_and_reasons():
         "    Probe          Debug",
         "",
         "Why this order:",
-        "  From state (a writer runs before its readers):",
-        "    Writer before Reader: Writer writes cbstate.x, which Reader reads",
+        "  Writer before Reader: Writer writes cbstate.x, which Reader reads",
     ])
 
 
@@ -264,17 +263,14 @@ def _left_right(a: Left, b: Right):
     return fp.NoConflict()
 
 
-def test_explain_shows_declared_orders_apart_from_orders_inferred_from_state():
+def test_explain_lists_declared_orders_first_then_inferred_ones_each_reason_once():
     text = fp.explain(test_learner(Twice(), Reader(), Clip(), Writer(), Norm(), Right(), Left()))
     why = text.splitlines()[text.splitlines().index("Why this order:"):]
     assert why == [
         "Why this order:",
-        "  Declared (runafter, resolveconflict):",
-        "    Reader before Twice: runafter(Twice) lists Reader",
-        "    Norm before Clip: RunFirst(Norm) declared by resolveconflict(Clip, Norm) for model",
-        "  From state (a writer runs before its readers):",
-        "    Writer before Reader: Writer writes cbstate.x, which Reader reads",
-        "  Given order (NoConflict, nothing else orders the pair):",
-        "    Right before Left: NoConflict() declared by resolveconflict(Left, Right) for "
+        "  Reader before Twice: runafter(Twice) lists Reader",
+        "  Norm before Clip: RunFirst(Norm) declared by resolveconflict(Clip, Norm) for model",
+        "  Writer before Reader: Writer writes cbstate.x, which Reader reads",
+        "  Right before Left: NoConflict() declared by resolveconflict(Left, Right) for "
         "optimizer: their writes commute; kept in the order given",
     ]
