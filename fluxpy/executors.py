@@ -140,10 +140,10 @@ class ThreadedExecutor(Executor):
         batch = _Batch(handlers, _TorchModes.capture())
         interrupt = None
         try:
-            batch.schedule(self._ensure_pool())
-        except BaseException as exc:  # Ctrl-C (or any error) in the calling thread
+            batch.run(self._ensure_pool())
+        except BaseException as exc:  # Ctrl-C while it waited (or any error in this thread)
             interrupt = exc
-        batch.stop_and_wait()
+            batch.stop_and_wait()
         raised = batch.exception(interrupt)
         if raised is not None:
             raise raised  # outside `except`: its traceback and context stay its own
@@ -227,15 +227,17 @@ class _Batch:
         self.done: set[int] = set()
         self.errors: list[tuple[Handler, BaseException]] = []
 
-    def schedule(self, pool: ThreadPoolExecutor) -> None:
-        """Submit each handler once its `.after` are done; return when all have finished or
-        one raised."""
+    def run(self, pool: ThreadPoolExecutor) -> None:
+        """Submit each handler once its `.after` are done; return when all have finished, or
+        when one raised and those already started have finished."""
         with self.changed:
             while not self.stopped and (self.pending or self.submitted):
                 for h in [h for h in self.pending if all(id(a) in self.done for a in h.after)]:
                     self.pending.remove(h)
                     self.submitted += 1
                     pool.submit(self._call, h)
+                self.changed.wait()
+            while self.running:
                 self.changed.wait()
 
     def _call(self, handler: Handler) -> None:

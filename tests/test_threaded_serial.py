@@ -299,6 +299,54 @@ def test_ctrl_c_while_handlers_run_waits_for_them_then_raises():
     learner.executor.close()
 
 
+def test_a_second_ctrl_c_does_not_abandon_running_handlers():
+    log = []
+    slow_started = threading.Event()
+
+    def slow(cb, learner):
+        slow_started.set()
+        for k in range(10):
+            time.sleep(0.02)
+            log.append(k)
+
+    def interrupt_twice(cb, learner):
+        slow_started.wait(10)
+        interrupt_the_main_thread()
+        time.sleep(0.05)  # lets the first interrupt be handled on its own
+        interrupt_the_main_thread()
+
+    slow_cb = callback_type("Slow", handler=slow)
+    interrupter = callback_type("Interrupter", handler=interrupt_twice)
+    learner = test_learner(slow_cb(), interrupter(), executor=fp.ThreadedExecutor(2))
+    with pytest.raises(KeyboardInterrupt):
+        learner.handle(PROBE, PHASE)
+    assert log == list(range(10))
+    learner.executor.close()
+
+
+def test_an_error_waits_for_the_handlers_running_beside_it():
+    log = []
+    slow_started = threading.Event()
+
+    def slow(cb, learner):
+        slow_started.set()
+        for k in range(5):
+            time.sleep(0.02)
+            log.append(k)
+
+    def fail(cb, learner):
+        slow_started.wait(10)
+        raise ValueError("broken")
+
+    slow_cb = callback_type("Slow", handler=slow)
+    failer = callback_type("Failer", handler=fail)
+    learner = test_learner(slow_cb(), failer(), executor=fp.ThreadedExecutor(2))
+    with pytest.raises(ValueError, match=r"^broken"):
+        learner.handle(PROBE, PHASE)
+    assert log == [0, 1, 2, 3, 4]
+    learner.executor.close()
+
+
 @attrs.define
 class SlowLog:
     """A file one callback writes a few lines to at EpochEnd, slowly, and closes at FitEnd."""
