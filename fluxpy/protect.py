@@ -323,6 +323,14 @@ class ReadOnlyMapping(_ReadOnly, Mapping):
     def __len__(self) -> int:
         return len(self._fp_obj)
 
+    # The mapping's own answers: Mapping's would ask __getitem__, which a dict with
+    # __missing__ (cbstate.history) answers for every key.
+    def __contains__(self, key: Any) -> bool:
+        return key in self._fp_obj
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self[key] if key in self._fp_obj else default
+
     __setitem__ = __delitem__ = pop = popitem = clear = update = setdefault = _ReadOnly._fp_denied
 
 

@@ -281,7 +281,7 @@ def test_read_only_list_cannot_be_changed(history_view):
 def test_deep_copy_of_read_only_state_is_a_detached_plain_copy(history_view):
     view, learner = history_view
     snapshot = copy.deepcopy(view.cbstate.history)
-    assert type(snapshot) is dict
+    assert type(snapshot) is type(learner.cbstate.history)  # the state's own type, not a view
     assert snapshot == learner.cbstate.history
     snapshot[fp.TrainingPhase()].epochs = 99
     assert learner.cbstate.history[fp.TrainingPhase()].epochs == 1

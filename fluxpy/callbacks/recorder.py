@@ -12,7 +12,7 @@ from ..events import EpochBegin, EpochEnd, StepEnd
 from ..graph import STATE_PRODUCERS
 from ..phases import Phase
 
-__all__ = ["History", "Recorder"]
+__all__ = ["Histories", "History", "Recorder"]
 
 STATE_PRODUCERS["history"] = "Recorder()"
 
@@ -26,6 +26,14 @@ class History:
     steps: int = 0
     steps_epoch: int = 0
     epoch_times: list[float] = attrs.Factory(list)
+
+
+class Histories(dict):
+    """`learner.cbstate.history`: a `History` per phase. A phase that has not run reads as an
+    empty `History` (as in FluxTraining), without being added: `phase in history` stays false."""
+
+    def __missing__(self, phase: Phase) -> History:
+        return History()
 
 
 @attrs.define
@@ -42,7 +50,7 @@ class Recorder(Callback):
 
     def init(self, learner) -> None:
         if "history" not in learner.cbstate:
-            learner.cbstate.history = {}
+            learner.cbstate.history = Histories()
         self._histories = learner.cbstate.history
 
 

@@ -62,3 +62,56 @@ def test_epoch_cut_short_counts_as_an_epoch_with_its_steps():
 
 def test_declares_that_it_writes_history():
     assert fp.stateaccess(fp.Recorder()) == fp.Access(cbstate=fp.Access(history=fp.Write()))
+
+
+def test_a_phase_that_has_not_run_reads_as_an_empty_history_and_is_not_added():
+    learner = test_learner(fp.Recorder(), n_batches=2)
+    assert learner.cbstate.history[TRAIN] == fp.History(epochs=0, steps=0, steps_epoch=0)
+    learner.fit(1, data=(test_batches(2), None))
+    history = learner.cbstate.history
+    valid = history[VALID]
+    assert (valid.epochs, valid.steps, valid.steps_epoch, valid.epoch_times) == (0, 0, 0, [])
+    assert VALID not in history
+    assert list(history) == [TRAIN]
+    assert history.get(VALID) is None
+
+
+class ReadsHistory(fp.Callback):
+    """Reads the validation history at FitEnd through its view."""
+
+    seen = None
+
+
+@fp.on.dispatch
+def _reads_history_fit_end(event: fp.FitEnd, phase: fp.Phase, cb: ReadsHistory, learner):
+    history = learner.cbstate.history
+    cb.seen = (history[VALID].steps, VALID in history, history.get(VALID), len(history))
+
+
+@fp.stateaccess.dispatch
+def _reads_history_access(cb: ReadsHistory):
+    return fp.Access(cbstate=fp.Access(history=fp.Read()))
+
+
+def test_a_phase_that_has_not_run_reads_as_empty_through_a_read_only_view():
+    reader = ReadsHistory()
+    learner = test_learner(fp.Recorder(), reader, n_batches=2)
+    learner.fit(1, data=(test_batches(2), None))
+    assert reader.seen == (0, False, None, 1)
+
+
+def test_an_empty_history_read_is_a_copy_that_records_nothing():
+    learner = test_learner(fp.Recorder())
+    learner.cbstate.history[VALID].steps += 5
+    assert learner.cbstate.history[VALID].steps == 0
+    assert VALID not in learner.cbstate.history
+
+
+def test_a_loaded_history_still_reads_unrun_phases_as_empty(tmp_path):
+    learner = test_learner(fp.Recorder(), n_batches=2)
+    learner.fit(1, data=(test_batches(2), None))
+    fp.save_checkpoint(learner, tmp_path / "c.pt")
+    resumed = test_learner(fp.Recorder(), n_batches=2)
+    fp.load_checkpoint(resumed, tmp_path / "c.pt")
+    assert resumed.cbstate.history[TRAIN].epochs == 1
+    assert resumed.cbstate.history[VALID].epochs == 0
