@@ -6,6 +6,7 @@ takes the first batch of the training and of the validation data in `learner.dat
 to `learner.device`, and checks that
 
 - the data can be iterated and yields `(xs, ys)` pairs,
+- the model is a `torch.nn.Module` (a handler or the user may have replaced it),
 - the model accepts `xs` (in training mode for the training batch, evaluation mode for the
   validation batch),
 - the loss accepts `(preds, ys)` and returns a scalar tensor.
@@ -57,6 +58,11 @@ def _sanity_fit_begin(event: FitBegin, phase: Phase, cb: SanityCheck, learner):
     if data is None:
         return
     problems: list[str] = []
+    if not isinstance(learner.model, torch.nn.Module):
+        problems.append(f"learner.model is {_describe(learner.model)}, not a torch.nn.Module: "
+                        "the loop switches it between train() and eval() and the optimizer "
+                        "updates its parameters; wrap it in a torch.nn.Module whose forward "
+                        "calls it")
     with _unchanged(learner.model, learner.device), torch.no_grad():
         for name, phase_data, training in (("training", data.training, True),
                                            ("validation", data.validation, False)):
@@ -70,8 +76,10 @@ def _check(learner, name: str, data: Any, training: bool) -> list[str]:
     batch, problem = _first_batch(name, data)
     if batch is None:
         return [problem] if problem else []
-    xs, ys = (to_device(v, learner.device) for v in batch)
     model = learner.model
+    if not isinstance(model, torch.nn.Module):
+        return []  # reported once, before the data
+    xs, ys = (to_device(v, learner.device) for v in batch)
     model.train(training)
     try:
         preds = model(xs)
@@ -98,8 +106,8 @@ def _first_batch(name: str, data: Any) -> tuple[Any, str | None]:
     try:
         iterator = iter(data)
     except TypeError:
-        return None, (f"the {name} data is a {type(data).__name__}, which cannot be iterated: "
-                      "pass a list of (xs, ys) pairs or a DataLoader")
+        return None, (f"the {name} data is {_describe(data)}, which cannot be iterated: pass a "
+                      "list of (xs, ys) pairs or a DataLoader")
     if iterator is data:
         return None, None
     try:
@@ -119,8 +127,9 @@ def _first_batch(name: str, data: Any) -> tuple[Any, str | None]:
 @contextmanager
 def _unchanged(model: torch.nn.Module, device: torch.device) -> Iterator[None]:
     """Puts back the modules' modes, the buffers and the random generators on exit."""
-    modes = [(m, m.training) for m in model.modules()]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    module = isinstance(model, torch.nn.Module)  # else reported, and never called
+    modes = [(m, m.training) for m in model.modules()] if module else []
+    buffers = [(b, b.detach().clone()) for b in model.buffers()] if module else []
     devices = [device] if device.type == "cuda" else []  # the CPU generator is always kept
     python_state, numpy_state = random.getstate(), np.random.get_state()
     try:
@@ -143,7 +152,8 @@ def _describe(value: Any) -> str:
         value = value._fp_obj
     if isinstance(value, (tuple, list)):
         return f"a {type(value).__name__} of {len(value)} items"
-    return f"a {type(value).__name__}"
+    noun = type(value).__name__
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def _error(exc: BaseException) -> str:

@@ -75,8 +75,30 @@ def test_empty_and_non_iterable_data_are_reported():
     assert info.value.problems == (
         "the training data yielded no batches: check the dataset's size and the DataLoader's "
         "batch_size / drop_last",
-        "the validation data is a int, which cannot be iterated: pass a list of (xs, ys) pairs "
+        "the validation data is an int, which cannot be iterated: pass a list of (xs, ys) pairs "
         "or a DataLoader",
+    )
+
+
+def test_data_of_single_values_is_reported_in_good_grammar():
+    learner = make_learner([1, 2], [object()])
+    with pytest.raises(fp.SanityCheckError) as info:
+        learner.fit(1)
+    assert [p.split(",")[0] for p in info.value.problems] == [
+        "the training data yields an int", "the validation data yields an object"]
+
+
+def test_a_model_that_is_not_a_module_is_reported_with_the_data_problems():
+    learner = make_learner(pairs(), [1])
+    learner.model = lambda xs: xs.sum(dim=1, keepdim=True)
+    with pytest.raises(fp.SanityCheckError) as info:
+        learner.fit(1)
+    assert info.value.problems == (
+        "learner.model is a function, not a torch.nn.Module: the loop switches it between "
+        "train() and eval() and the optimizer updates its parameters; wrap it in a "
+        "torch.nn.Module whose forward calls it",
+        "the validation data yields an int, not (xs, ys) pairs: yield pairs (e.g. a DataLoader "
+        "over a TensorDataset(xs, ys)), or give the phase its own step with @fp.step.dispatch",
     )
 
 
