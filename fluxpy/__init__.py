@@ -48,6 +48,7 @@ from .callbacks import (
     throttle,
 )
 from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint_encoding import register_checkpoint_class
 from .distributed import RankZeroOnly, init_distributed, is_rank_zero, rank_zero_only
 from .errors import (
     AmbiguousHandlerError,
@@ -195,6 +196,7 @@ __all__ = [
     "one_cycle",
     "plot_history",
     "rank_zero_only",
+    "register_checkpoint_class",
     "resolveconflict",
     "run_epoch",
     "run_step",

@@ -44,33 +44,41 @@ Extending:
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
+import numbers
 import os
 import random
 import re
-import tempfile
+import secrets
 import types
 import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import attrs
 import numpy as np
 import torch
 
-from .checkpoint_encoding import decode, encode
+from .checkpoint_encoding import DecodeError, decode, encode, qualified_name
 from .errors import CheckpointError
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "checkpoint_digest",
     "checkpoint_files",
     "checkpoint_state",
     "load_checkpoint",
+    "replaced_atomically",
     "save_checkpoint",
     "write_atomically",
+    "write_checkpoint",
 ]
 
 FORMAT = "fluxpy.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added the digest and the optimizer class
 
 #: The names a `Checkpointer` gives its files; loading a folder looks only at these.
 CHECKPOINT_NAME = re.compile(r"^epoch-(\d+)\.pt$")
@@ -80,49 +88,41 @@ _ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes zip archives
 def save_checkpoint(learner, path: str | os.PathLike) -> Path:
     """Write `learner`'s complete training state to `path`, atomically; returns the path."""
     path = Path(path)
-    write_atomically(checkpoint_state(learner), path)
+    write_checkpoint(checkpoint_state(learner), path)
     return path
 
 
 def load_checkpoint(learner, path: str | os.PathLike) -> Path:
     """Restore `learner` from a checkpoint file, or from a folder's latest `epoch-NNNN.pt`.
 
-    Everything is checked before anything changes: on a `CheckpointError` (missing, truncated,
-    foreign or newer file, another model) the learner is as it was. Callbacks with state that
-    the checkpoint lacks keep theirs (with a warning), and so does the rest of `cbstate`.
+    All or nothing: the file's digest and every part (model, optimizer, scaler, RNG, each
+    callback's state, cbstate) are checked before anything changes, and a `CheckpointError`
+    (naming the file and the part) leaves the learner as it was. Only fluxpy's values and
+    registered classes are built (`register_checkpoint_class`). Callbacks with state that the
+    checkpoint lacks keep theirs (with a warning), and so does the rest of `cbstate`.
     Returns the file that was loaded.
     """
     file = _resolve(Path(path))
     state = _read(file)
-    model = unwrap_model(learner.model)
-    _check_model(model, state["model"], file)
-    _check_optimizer(learner.optimizer, state["optimizer"], file)
-    callbacks = {name: _decode(value, file, f"the state of {name}")
-                 for name, value in state["callbacks"].items()}
-    cbstate = {key: _decode(value, file, f"cbstate.{key}")
-               for key, value in state["cbstate"].items()}
-
-    model.load_state_dict(state["model"])
+    parts = _checked_parts(learner, state, file)
+    _load_callbacks(parts.callbacks, file)  # first: the one part that can fail while applied
+    unwrap_model(learner.model).load_state_dict(state["model"])
     learner.optimizer.load_state_dict(state["optimizer"])
-    if state["scaler"] is not None:
-        if learner.scaler is None:
-            warnings.warn(f"{file} holds gradient scaler state but learner.scaler is None; add "
-                          "the callback that installs the scaler before loading", stacklevel=2)
-        else:
-            learner.scaler.load_state_dict(state["scaler"])
-    _restore_callbacks(learner, callbacks, file)
-    _restore_cbstate(learner.cbstate, cbstate)
+    if parts.scaler is not None:
+        learner.scaler.load_state_dict(parts.scaler)
+    _restore_cbstate(learner.cbstate, parts.cbstate)
     set_rng_state(state["rng"])
     return file
 
 
 def checkpoint_state(learner) -> dict[str, Any]:
-    """The dict a checkpoint file holds (tensors shared with the learner, not copied)."""
+    """The dict a checkpoint file holds, but its digest (tensors shared with the learner)."""
     return {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "model": unwrap_model(learner.model).state_dict(),
         "optimizer": learner.optimizer.state_dict(),
+        "optimizer_class": qualified_name(type(learner.optimizer)),
         "scaler": None if learner.scaler is None else learner.scaler.state_dict(),
         "callbacks": {name: encode(cb.state_dict(), f"{name}.state_dict()")
                       for name, cb in stateful_callbacks(learner)},
@@ -132,23 +132,32 @@ def checkpoint_state(learner) -> dict[str, Any]:
     }
 
 
+def write_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write `checkpoint_state`'s dict to `path` atomically, with its digest."""
+    write_atomically({**state, "digest": checkpoint_digest(state)}, path)
+
+
+def checkpoint_digest(state: dict[str, Any]) -> str:
+    """sha256 over a canonical walk of `state` but its "digest" entry: each tensor's dtype,
+    shape and bytes, each plain value with its type, containers in order (sets sorted).
+
+    A walk, not the file's bytes, so the file stays one plain `torch.save` dict that
+    `torch.load` reads, and the digest is the same before and after the round trip.
+    """
+    digest = hashlib.sha256()
+    _feed(digest, {key: value for key, value in state.items() if key != "digest"})
+    return digest.hexdigest()
+
+
 def write_atomically(state: dict[str, Any], path: Path) -> None:
     """`torch.save(state, path)` so that `path` is never seen half-written.
 
     A failure (disk full, no permission) raises `CheckpointError` naming `path`, removes the
     temporary file and leaves any previous file at `path` as it was.
     """
-    folder = path.parent
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-        with os.fdopen(fd, "wb") as f:
+        with replaced_atomically(path) as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_folder(folder)
     except Exception as exc:
         cause = _os_error(exc)
         if cause is None:
@@ -157,10 +166,30 @@ def write_atomically(state: dict[str, Any], path: Path) -> None:
             path, f"could not be written: {cause.strerror or cause}. No partial file was left "
             "and the learner is unchanged; free space or fix the folder, then save again."
         ) from cause
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: Path) -> Iterator[BinaryIO]:
+    """A binary file whose contents replace `path` when the block ends without an error.
+
+    The temporary file is in the same folder (`.NAME.RANDOM.tmp`), created with mode 0o666
+    less the umask like any file the user writes; it is flushed and fsynced, moved over
+    `path` with `os.replace`, and the folder is fsynced. A kill at any moment leaves either
+    the old file or the new one; an error removes the temporary file and raises.
+    """
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_folder(path.parent)
 
 
 def checkpoint_files(folder: Path) -> list[tuple[int, Path]]:
@@ -231,42 +260,87 @@ def _resolve(path: Path) -> Path:
 
 
 def _read(file: Path) -> dict[str, Any]:
+    """The file's dict, its format, version and digest checked, every entry there."""
     with open(file, "rb") as f:
         head = f.read(4)
     if not head:
-        raise CheckpointError(file, "is empty (0 bytes): not a checkpoint.")
+        raise CheckpointError(file, "is empty (0 bytes): not a checkpoint.", "file")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:
         if head != _ZIP_MAGIC:
             raise CheckpointError(file, "is not a checkpoint: it is not a file torch.save "
-                                  "wrote.") from exc
+                                  "wrote.", "file") from exc
         if "Weights only load failed" in str(exc):
             raise CheckpointError(file, "is not a fluxpy checkpoint: it holds pickled Python "
                                   "objects, which fluxpy checkpoints never do (and "
-                                  "torch.load(weights_only=True) refuses).") from exc
+                                  "torch.load(weights_only=True) refuses, running none of "
+                                  "them).", "file") from exc
         raise CheckpointError(file, f"is truncated or damaged: torch.load failed with "
                               f"{type(exc).__name__}: {str(exc).splitlines()[0]}. Load an "
-                              "earlier checkpoint.") from exc
+                              "earlier checkpoint.", "file") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         what = (f"a dict with keys {sorted(map(str, state))[:6]}" if isinstance(state, dict)
                 else f"a {type(state).__name__}")
         raise CheckpointError(file, f"is not a fluxpy checkpoint: it holds {what} without the "
                               f"format marker {FORMAT!r}. A plain state_dict loads with "
-                              "model.load_state_dict(torch.load(path)).")
+                              "model.load_state_dict(torch.load(path)).", "file")
     version = state.get("version")
     if not isinstance(version, int) or version < 1:
-        raise CheckpointError(file, f"is damaged: its format version is {version!r}.")
+        raise CheckpointError(file, f"is damaged: its format version is {version!r}.", "file")
     if version > FORMAT_VERSION:
         raise CheckpointError(file, f"was written by a newer fluxpy (checkpoint format version "
                               f"{version}; this fluxpy reads up to {FORMAT_VERSION}): upgrade "
-                              "fluxpy to load it.")
-    for key, kind in (("model", dict), ("optimizer", dict), ("callbacks", dict),
-                      ("cbstate", dict), ("rng", dict)):
-        if not isinstance(state.get(key), kind):
+                              "fluxpy to load it.", "file")
+    _check_digest(state, file)
+    for key in ("model", "optimizer", "callbacks", "cbstate", "rng"):
+        if not isinstance(state.get(key), dict):
             raise CheckpointError(file, f"is damaged: its {key!r} entry is missing or not a "
-                                  f"{kind.__name__}.")
+                                  "dict.", key)
     return state
+
+
+def _check_digest(state: dict[str, Any], file: Path) -> None:
+    if "digest" not in state and state["version"] == 1:
+        # Version 1 files were written before digests; everything else is checked as usual.
+        warnings.warn(f"{file} was written by an earlier fluxpy, without a digest: that its "
+                      "bytes are unchanged cannot be checked. Save it again (load it, then "
+                      "fp.save_checkpoint) to add one.", stacklevel=4)
+        return
+    if not isinstance(state.get("digest"), str):
+        raise CheckpointError(file, "is damaged: it has no digest, which every checkpoint of "
+                              f"format version {state['version']} has.", "digest")
+    if checkpoint_digest(state) != state["digest"]:
+        raise CheckpointError(file, "the file's contents changed since it was written (its "
+                              "digest does not match): it is damaged or was edited. Load an "
+                              "earlier checkpoint.", "digest")
+
+
+@attrs.frozen
+class _Parts:
+    """What a checkpoint restores besides model, optimizer and RNG, decoded and checked."""
+
+    callbacks: list[tuple[str, Any, Any]]  # (graph name, callback, decoded state)
+    cbstate: dict[str, Any]
+    scaler: dict[str, Any] | None  # None: nothing to load into learner.scaler
+
+
+def _checked_parts(learner, state: dict[str, Any], file: Path) -> _Parts:
+    """Check every part of `state` against `learner`, changing nothing."""
+    _check_model(unwrap_model(learner.model), state["model"], file)
+    _check_optimizer(learner.optimizer, state["optimizer"], state.get("optimizer_class"), file)
+    scaler = _checked_scaler(learner, state.get("scaler"), file)
+    _check_rng(state["rng"], file)
+    callbacks = _checked_callbacks(learner, state["callbacks"], file)
+    cbstate = {}
+    for key, value in state["cbstate"].items():
+        cbstate[key] = _decode(value, file, f"cbstate.{key}")
+        current = vars(learner.cbstate).get(key)
+        if current is not None and _kind(cbstate[key]) is not _kind(current):
+            raise CheckpointError(file, f"cbstate.{key} is {_a(type(cbstate[key]))} in the "
+                                  f"checkpoint and {_a(type(current))} in this learner.",
+                                  f"cbstate.{key}")
+    return _Parts(callbacks, cbstate, scaler)
 
 
 def _check_model(model: torch.nn.Module, saved: dict[str, Any], file: Path) -> None:
@@ -279,49 +353,136 @@ def _check_model(model: torch.nn.Module, saved: dict[str, Any], file: Path) -> N
             parts.append(f"this model has {_few(missing)} which the checkpoint lacks")
         if unexpected:
             parts.append(f"the checkpoint has {_few(unexpected)} which this model lacks")
-        raise CheckpointError(file, f"holds another model: {'; '.join(parts)}.")
+        raise CheckpointError(file, f"holds another model: {'; '.join(parts)}.", "model")
     for name, tensor in current.items():
         other = saved[name]
         if not isinstance(other, torch.Tensor) or other.shape != tensor.shape:
             shape = tuple(other.shape) if isinstance(other, torch.Tensor) else type(other).__name__
             raise CheckpointError(file, f"holds another model: parameter {name!r} has shape "
                                   f"{shape} in the checkpoint and {tuple(tensor.shape)} in this "
-                                  "learner's model.")
+                                  "learner's model.", "model")
+        if other.dtype != tensor.dtype:
+            raise CheckpointError(file, f"holds another model: parameter {name!r} is "
+                                  f"{other.dtype} in the checkpoint and {tensor.dtype} in this "
+                                  "learner's model; convert the model (e.g. model.to(dtype)) "
+                                  "to the checkpoint's dtype before loading.", "model")
 
 
-def _check_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any], file: Path) -> None:
-    groups = saved.get("param_groups")
-    ours = optimizer.param_groups
-    if not isinstance(groups, list) or len(groups) != len(ours):
+def _check_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any],
+                     saved_class: str | None, file: Path) -> None:
+    ours = qualified_name(type(optimizer))
+    if saved_class is not None and saved_class != ours:
+        theirs = saved_class.rpartition(".")[2]
+        raise CheckpointError(
+            file, f"holds the state of a {theirs} optimizer ({saved_class}); this learner's "
+            f"optimizer is {type(optimizer).__name__} ({ours}). Build the learner with the "
+            "optimizer the checkpoint was trained with.", "optimizer")
+    groups, state = saved.get("param_groups"), saved.get("state")
+    mine = optimizer.param_groups
+    if not isinstance(groups, list) or len(groups) != len(mine):
         n = len(groups) if isinstance(groups, list) else groups
         raise CheckpointError(file, f"holds an optimizer with {n} parameter groups; this "
-                              f"learner's {type(optimizer).__name__} has {len(ours)}.")
-    for i, (theirs, mine) in enumerate(zip(groups, ours)):
-        if len(theirs.get("params", ())) != len(mine["params"]):
+                              f"learner's {type(optimizer).__name__} has {len(mine)}.",
+                              "optimizer")
+    for i, (theirs, ours_group) in enumerate(zip(groups, mine)):
+        params = theirs.get("params") if isinstance(theirs, dict) else None
+        if not isinstance(params, list) or len(params) != len(ours_group["params"]):
+            n = len(params) if isinstance(params, list) else params
             raise CheckpointError(file, f"holds an optimizer whose parameter group {i} has "
-                                  f"{len(theirs.get('params', ()))} parameters; this learner's "
-                                  f"has {len(mine['params'])}.")
+                                  f"{n} parameters; this learner's has "
+                                  f"{len(ours_group['params'])}.", "optimizer")
+        # A missing flag (a bool or None, e.g. `foreach`) is filled in by torch on load; a
+        # missing hyperparameter (`betas`) would be a KeyError at the first step.
+        lacking = [key for key, value in ours_group.items()
+                   if key not in theirs and not isinstance(value, (bool, type(None)))]
+        if lacking:
+            raise CheckpointError(file, f"holds an optimizer whose parameter group {i} lacks "
+                                  f"{_few(lacking)}, which this learner's "
+                                  f"{type(optimizer).__name__} uses: it is another kind of "
+                                  "optimizer.", "optimizer")
+    count = sum(len(group["params"]) for group in mine)
+    if not isinstance(state, dict):
+        raise CheckpointError(file, "holds an optimizer without its state dict.", "optimizer")
+    for index, value in state.items():
+        if not (isinstance(index, int) and 0 <= index < count and isinstance(value, dict)):
+            raise CheckpointError(file, f"holds optimizer state for parameter {index!r}; this "
+                                  f"learner's {type(optimizer).__name__} has parameters 0 to "
+                                  f"{count - 1}.", "optimizer")
 
 
-def _decode(value: Any, file: Path, what: str) -> Any:
+def _checked_scaler(learner, saved: Any, file: Path) -> dict[str, Any] | None:
+    """The scaler state to load, or None (no state, or no scaler to load it into)."""
+    if saved is None:
+        return None
+    if learner.scaler is None:
+        warnings.warn(f"{file} holds gradient scaler state but learner.scaler is None; add "
+                      "the callback that installs the scaler before loading", stacklevel=4)
+        return None
+    expected = set(learner.scaler.state_dict())
+    if not isinstance(saved, dict) or not expected <= set(saved):
+        have = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
+        raise CheckpointError(file, f"holds gradient scaler state {have}; this learner's "
+                              f"scaler needs {sorted(expected)}.", "scaler")
+    return saved
+
+
+def _check_rng(saved: dict[str, Any], file: Path) -> None:
+    """Set each state on a generator of its own: what `set_rng_state` would refuse fails here."""
+    lacking = [key for key in ("python", "numpy", "torch", "cuda") if key not in saved]
+    if lacking:
+        raise CheckpointError(file, f"holds random states that lack {_few(lacking)}.", "rng")
     try:
-        return decode(value)
-    except (TypeError, ValueError, KeyError) as exc:
-        raise CheckpointError(file, f"cannot restore {what}: {exc}") from exc
+        random.Random().setstate(saved["python"])
+        kind, keys, pos, has_gauss, cached = saved["numpy"]
+        np.random.RandomState().set_state(
+            (kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        torch.Generator().set_state(saved["torch"])
+        cuda = saved["cuda"]
+        if not (isinstance(cuda, list) and all(isinstance(s, torch.Tensor)
+                                               and s.dtype == torch.uint8 for s in cuda)):
+            raise TypeError("the CUDA states are not a list of byte tensors")
+    except Exception as exc:
+        raise CheckpointError(file, f"holds random states that cannot be set: "
+                              f"{type(exc).__name__}: {exc}", "rng") from exc
 
 
-def _restore_callbacks(learner, states: dict[str, Any], file: Path) -> None:
+def _checked_callbacks(learner, saved: dict[str, Any], file: Path) -> list[tuple[str, Any, Any]]:
     stateful = dict(stateful_callbacks(learner))
-    for name, cb in stateful.items():
-        if name in states:
-            cb.load_state_dict(states[name])
-        else:
+    for name in stateful:
+        if name not in saved:
             warnings.warn(f"{file} holds no state for {name}; it keeps its current state",
-                          stacklevel=3)
-    unused = [name for name, state in states.items() if name not in stateful and state]
+                          stacklevel=4)
+    unused = [name for name, state in saved.items() if name not in stateful and state]
     if unused:
         warnings.warn(f"{file} holds state for {', '.join(unused)}, which this learner does "
-                      "not have; that state is not restored", stacklevel=3)
+                      "not have; that state is not restored", stacklevel=4)
+    return [(name, cb, _decode(saved[name], file, f"callbacks.{name}"))
+            for name, cb in stateful.items() if name in saved]
+
+
+def _load_callbacks(callbacks: list[tuple[str, Any, Any]], file: Path) -> None:
+    """Load each callback's state; if one refuses its state, put back the state of those
+    loaded so far (and its own), so the failure changes nothing."""
+    done: list[tuple[Any, Any]] = []
+    for name, cb, state in callbacks:
+        own = copy.deepcopy(cb.state_dict())
+        try:
+            cb.load_state_dict(state)
+        except Exception as exc:
+            for restored, previous in [*done, (cb, own)]:
+                restored.load_state_dict(previous)
+            raise CheckpointError(file, f"{name}.load_state_dict failed with "
+                                  f"{type(exc).__name__}: {exc}. The state is not one "
+                                  f"{name} wrote, or {name} changed since.",
+                                  f"callbacks.{name}") from exc
+        done.append((cb, own))
+
+
+def _decode(value: Any, file: Path, part: str) -> Any:
+    try:
+        return decode(value)
+    except DecodeError as exc:
+        raise CheckpointError(file, f"cannot restore {part}: {exc}", part) from exc
 
 
 def _restore_cbstate(cbstate: types.SimpleNamespace, saved: dict[str, Any]) -> None:
@@ -333,6 +494,35 @@ def _restore_cbstate(cbstate: types.SimpleNamespace, saved: dict[str, Any]) -> N
             current.update(value)
         else:
             setattr(cbstate, key, value)
+
+
+def _feed(digest: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().to("cpu").contiguous()
+        digest.update(f"tensor {tensor.dtype} {tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, dict):
+        digest.update(f"dict {len(value)};".encode())
+        for key, item in value.items():
+            _feed(digest, key)
+            _feed(digest, item)
+        if getattr(value, "_metadata", None) is not None:  # a module state_dict's versions
+            _feed(digest, value._metadata)
+    elif isinstance(value, (list, tuple)):
+        kind = "list" if isinstance(value, list) else "tuple"  # torch.Size is a tuple
+        digest.update(f"{kind} {len(value)};".encode())
+        for item in value:
+            _feed(digest, item)
+    elif isinstance(value, (set, frozenset)):  # iteration order differs between processes
+        digest.update(f"set {len(value)};".encode())
+        for item in sorted(checkpoint_digest({"item": item}) for item in value):
+            digest.update(item.encode())
+    elif isinstance(value, bytes):
+        digest.update(f"bytes {len(value)};".encode())
+        digest.update(value)
+    else:
+        text = repr(value)
+        digest.update(f"{type(value).__name__} {len(text)};{text}".encode())
 
 
 def _os_error(exc: BaseException) -> OSError | None:
@@ -356,6 +546,21 @@ def _fsync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _kind(value: Any) -> type:
+    """What a `cbstate` value must stay across a load: a dict (refilled in place, subclasses
+    included), a list, a number, ... or, for anything else, its exact type."""
+    for kind in (Mapping, list, tuple, set, str, bytes, numbers.Number, torch.Tensor,
+                 np.ndarray):
+        if isinstance(value, kind):
+            return kind
+    return type(value)
+
+
+def _a(what: type | str) -> str:
+    name = what if isinstance(what, str) else what.__name__
+    return f"{'an' if name[0].lower() in 'aeiou' else 'a'} {name}"
 
 
 def _few(names: list[str]) -> str:

@@ -2,6 +2,10 @@
 
 `encode` turns callback state and `cbstate` into values a weights-only load accepts;
 `decode` turns them back. The format is described in `fluxpy.checkpoint`.
+
+An "attrs" value names its class, and a file can name any class. So decoding builds only
+`FLUXPY_VALUES` and the classes registered with `register_checkpoint_class`; encoding refuses
+other attrs classes too, so that what saves also loads.
 """
 
 from __future__ import annotations
@@ -15,13 +19,28 @@ import attrs
 import numpy as np
 import torch
 
-from .phases import Phase
-
-__all__ = ["decode", "encode"]
+__all__ = ["DecodeError", "decode", "encode", "qualified_name", "register_checkpoint_class"]
 
 TAG = "__fluxpy__"
 _PLAIN = (type(None), bool, int, float, str, bytes)
 _PLAIN_KEYS = (str, int)
+
+#: fluxpy's own value classes that checkpoints hold: the phases keying `cbstate`'s dicts and
+#: Recorder's `History`. Named, not imported: the callbacks sit above this module.
+FLUXPY_VALUES = frozenset({
+    "fluxpy.phases.Phase",
+    "fluxpy.phases.AbstractTrainingPhase",
+    "fluxpy.phases.AbstractValidationPhase",
+    "fluxpy.phases.TrainingPhase",
+    "fluxpy.phases.ValidationPhase",
+    "fluxpy.callbacks.recorder.History",
+})
+
+_registered: dict[str, type] = {}  # qualified name -> class, by register_checkpoint_class
+
+
+class DecodeError(ValueError):
+    """A stored value that decoding refuses; the message says why, for a `CheckpointError`."""
 
 
 def encode(value: Any, path: str) -> Any:
@@ -47,9 +66,10 @@ def encode(value: Any, path: str) -> Any:
             if isinstance(value, kind):
                 return kind(items)
     if attrs.has(type(value)):
+        _check_registered(type(value), path)
         fields = {f.alias: encode(getattr(value, f.name), f"{path}.{f.name}")
                   for f in attrs.fields(type(value)) if f.init}
-        return {TAG: "attrs", "class": _qualified(type(value)), "fields": fields}
+        return {TAG: "attrs", "class": qualified_name(type(value)), "fields": fields}
     if isinstance(value, types.SimpleNamespace):
         return {TAG: "namespace",
                 "fields": {k: encode(v, f"{path}.{k}") for k, v in vars(value).items()}}
@@ -61,7 +81,8 @@ def encode(value: Any, path: str) -> Any:
 
 
 def decode(value: Any) -> Any:
-    """The inverse of `encode`; raises `TypeError` for a class this process does not define."""
+    """The inverse of `encode`. Raises `DecodeError` for a malformed tagged value or a class
+    that is neither fluxpy's nor registered: a checkpoint builds nothing else."""
     if isinstance(value, list):
         return [decode(v) for v in value]
     if isinstance(value, (tuple, set, frozenset)):
@@ -71,48 +92,86 @@ def decode(value: Any) -> Any:
     kind = value.get(TAG)
     if kind is None:
         return {k: decode(v) for k, v in value.items()}
-    if kind == "dict":
+    if kind == "dict" and _is_list_of_pairs(value.get("items")):
         return {decode(k): decode(v) for k, v in value["items"]}
-    if kind == "attrs":
-        cls = _find_class(value["class"])
-        return cls(**{k: decode(v) for k, v in value["fields"].items()})
-    if kind == "namespace":
+    if kind == "attrs" and isinstance(value.get("class"), str) and _has_str_keys(value, "fields"):
+        cls = checkpoint_class(value["class"])
+        fields = {k: decode(v) for k, v in value["fields"].items()}
+        try:
+            return cls(**fields)
+        except Exception as exc:  # the class's own validation: the fields are wrong
+            raise DecodeError(f"its {value['class']} has fields {sorted(fields)} that "
+                              f"{cls.__name__} refuses: {type(exc).__name__}: {exc}") from exc
+    if kind == "namespace" and _has_str_keys(value, "fields"):
         return types.SimpleNamespace(**{k: decode(v) for k, v in value["fields"].items()})
-    if kind == "ndarray":
+    if kind == "ndarray" and isinstance(value.get("data"), torch.Tensor):
         return value["data"].numpy()
-    raise ValueError(f"unknown tagged value {kind!r}")
+    raise DecodeError(f"it holds a malformed tagged value of kind {kind!r}")
 
 
-def _qualified(cls: type) -> str:
+def register_checkpoint_class(cls: type) -> type:
+    """Let checkpoints hold instances of the attrs class `cls`; returns `cls` (a decorator).
+
+    Loading a checkpoint builds only fluxpy's own values (phases, `History`) and registered
+    classes, so a file cannot make this process build anything else. Register your own
+    phases and the attrs values your callbacks keep in `cbstate` or `state_dict()`, where
+    they are defined, so that the process that saves and the one that loads both do:
+
+        @fp.register_checkpoint_class
+        @attrs.frozen
+        class PretrainingPhase(fp.AbstractTrainingPhase):
+            pass
+    """
+    if not (isinstance(cls, type) and attrs.has(cls)):
+        raise TypeError(f"register_checkpoint_class({cls!r}): checkpoints hold instances of "
+                        "attrs classes; register the class itself, decorated with attrs")
+    _registered[qualified_name(cls)] = cls
+    return cls
+
+
+def checkpoint_class(name: str) -> type:
+    """The class a checkpoint may build under the qualified `name`; `DecodeError` if none."""
+    cls = _registered.get(name)
+    if cls is None and name in FLUXPY_VALUES:
+        cls = _imported(name)
+    if cls is None:
+        short = name.rpartition(".")[2]
+        raise DecodeError(
+            f"it holds a {name}, a class checkpoints do not build: only fluxpy's values and "
+            f"registered classes are. If the file is yours, call "
+            f"fp.register_checkpoint_class({short}) where {short} is defined, then load again."
+        )
+    return cls
+
+
+def _is_list_of_pairs(items: Any) -> bool:
+    return isinstance(items, list) and all(
+        isinstance(item, (tuple, list)) and len(item) == 2 for item in items)
+
+
+def _has_str_keys(value: dict, key: str) -> bool:
+    fields = value.get(key)
+    return isinstance(fields, dict) and all(isinstance(k, str) for k in fields)
+
+
+def _check_registered(cls: type, path: str) -> None:
+    name = qualified_name(cls)
+    if _registered.get(name) is not cls and (name not in FLUXPY_VALUES
+                                             or _imported(name) is not cls):
+        raise TypeError(
+            f"{path} is a {name}, which checkpoints hold only when the class is registered "
+            f"(loading builds no other class): call fp.register_checkpoint_class("
+            f"{cls.__name__}) where {cls.__name__} is defined."
+        )
+
+
+def qualified_name(cls: type) -> str:
+    """`module.QualName` of `cls`, the name checkpoints store classes under."""
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _find_class(name: str) -> type:
-    """An attrs class by qualified name: one reachable from a module that is already imported,
-    else a `Phase` subclass (one defined in a function too). Nothing is imported."""
-    module_name, _, qualname = name.rpartition(".")
-    while module_name:
-        module = sys.modules.get(module_name)
-        if module is not None:
-            found: Any = module
-            for part in qualname.split("."):
-                found = getattr(found, part, None)
-            if isinstance(found, type) and attrs.has(found):
-                return found
-            break
-        module_name, _, outer = module_name.rpartition(".")
-        qualname = f"{outer}.{qualname}"
-    # The last match: attrs replaces a slotted class by a new one, and the old one lingers
-    # among the subclasses until it is garbage-collected.
-    matches = [cls for cls in _subclasses(Phase) if _qualified(cls) == name]
-    if matches:
-        return matches[-1]
-    raise TypeError(f"it holds a {name}, an attrs class this process does not define; import "
-                    "the module that defines it before loading.")
-
-
-def _subclasses(cls: type) -> list[type]:
-    found = [cls]
-    for sub in cls.__subclasses__():
-        found += _subclasses(sub)
-    return found
+def _imported(name: str) -> type | None:
+    """A class by qualified name from a module already imported; imports nothing."""
+    module, _, qualname = name.rpartition(".")
+    found = getattr(sys.modules.get(module), qualname, None)
+    return found if isinstance(found, type) and attrs.has(found) else None

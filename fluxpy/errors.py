@@ -188,15 +188,19 @@ class SanityCheckError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint file or folder is missing, damaged, foreign, from a newer format, from
-    another model, or cannot be written. `path` names it; `problem` says what is wrong."""
+    another model or optimizer, holds a class checkpoints do not build, or cannot be written.
+    `path` names it, `part` the part of the file at fault ("model", "optimizer", "rng",
+    "callbacks.Scheduler", "cbstate.history", "digest", "file", ...) or None, and `problem`
+    says what is wrong and what to do."""
 
-    def __init__(self, path: object, problem: str):
+    def __init__(self, path: object, problem: str, part: str | None = None):
         self.path = str(path)
         self.problem = problem
-        super().__init__(f"{path}: {problem}")
+        self.part = part
+        super().__init__(f"{path} [{part}]: {problem}" if part else f"{path}: {problem}")
 
     def __reduce__(self):
-        return (type(self), (self.path, self.problem))
+        return (type(self), (self.path, self.problem, self.part))
 
 
 def _grant_point(path: str) -> str:

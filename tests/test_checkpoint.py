@@ -1,6 +1,10 @@
 """Checkpoint files: what they hold, exact resume, and clear errors for bad files."""
 
+import os
 import random
+import stat
+import subprocess
+import sys
 
 import attrs
 import numpy as np
@@ -9,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import fluxpy as fp
+from fluxpy.checkpoint import checkpoint_digest
 from fluxpy.checkpoint_encoding import decode, encode
 from fluxpy.testing import test_learner
 
@@ -139,9 +144,11 @@ def test_a_checkpoint_holds_format_model_optimizer_callbacks_cbstate_and_rng(tmp
     learner.fit(1)
     path = fp.save_checkpoint(learner, tmp_path / "one.pt")
     state = torch.load(path, weights_only=True)
-    assert sorted(state) == ["callbacks", "cbstate", "format", "model", "optimizer", "rng",
-                             "scaler", "version"]
-    assert (state["format"], state["version"]) == ("fluxpy.checkpoint", 1)
+    assert sorted(state) == ["callbacks", "cbstate", "digest", "format", "model", "optimizer",
+                             "optimizer_class", "rng", "scaler", "version"]
+    assert (state["format"], state["version"]) == ("fluxpy.checkpoint", 2)
+    assert state["optimizer_class"] == "torch.optim.adamw.AdamW"
+    assert state["digest"] == checkpoint_digest(state) and len(state["digest"]) == 64
     assert list(state["model"]) == ["0.weight", "0.bias", "3.weight", "3.bias"]
     assert torch.equal(state["model"]["0.weight"], learner.model[0].weight)
     assert state["optimizer"]["param_groups"] == learner.optimizer.state_dict()["param_groups"]
@@ -163,6 +170,7 @@ def test_cbstate_keyed_by_phases_is_stored_as_tagged_plain_values(tmp_path):
     assert (history["fields"]["epochs"], history["fields"]["steps"]) == (1, 16)
 
 
+@fp.register_checkpoint_class
 @attrs.frozen
 class Point:
     x: int
@@ -170,6 +178,7 @@ class Point:
 
 
 def test_encoding_round_trips_phases_attrs_values_namespaces_arrays_and_containers():
+    @fp.register_checkpoint_class
     @attrs.frozen
     class LocalPhase(fp.AbstractTrainingPhase):
         pass
@@ -299,18 +308,22 @@ def test_a_torch_file_with_pickled_objects_is_not_a_checkpoint(tmp_path):
     _load_fails(path, "holds pickled Python objects")
 
 
+def _rewrite(path, change):
+    """`path` changed by `change(state)`, with a digest that matches (as a forger would)."""
+    state = torch.load(path, weights_only=True)
+    change(state)
+    state["digest"] = checkpoint_digest(state)
+    torch.save(state, path)
+
+
 def test_a_checkpoint_from_a_newer_format_is_an_error(saved):
-    state = torch.load(saved, weights_only=True)
-    state["version"] = 2
-    torch.save(state, saved)
-    _load_fails(saved, r"newer fluxpy \(checkpoint format version 2; this fluxpy reads up to 1\)")
+    _rewrite(saved, lambda state: state.update(version=3))
+    _load_fails(saved, r"newer fluxpy \(checkpoint format version 3; this fluxpy reads up to 2\)")
 
 
 def test_a_checkpoint_missing_an_entry_is_damaged(saved):
-    state = torch.load(saved, weights_only=True)
-    del state["rng"]
-    torch.save(state, saved)
-    _load_fails(saved, "is damaged: its 'rng' entry is missing")
+    _rewrite(saved, lambda state: state.pop("rng"))
+    _load_fails(saved, r"\[rng\]: is damaged: its 'rng' entry is missing")
 
 
 def test_a_checkpoint_of_another_model_names_the_parameter_and_both_shapes(tmp_path):
@@ -337,12 +350,13 @@ def test_a_checkpoint_of_another_optimizer_layout_is_an_error(tmp_path, saved):
         fp.load_checkpoint(learner, saved)
 
 
-def test_a_class_this_process_does_not_define_is_an_error(saved):
-    state = torch.load(saved, weights_only=True)
-    state["cbstate"]["thing"] = {"__fluxpy__": "attrs", "class": "nowhere.Thing", "fields": {}}
-    torch.save(state, saved)
-    _load_fails(saved, "cannot restore cbstate.thing: it holds a nowhere.Thing, an attrs class "
-                       "this process does not define")
+def test_a_class_neither_fluxpys_nor_registered_is_an_error_naming_the_fix(saved):
+    _rewrite(saved, lambda state: state["cbstate"].update(
+        thing={"__fluxpy__": "attrs", "class": "nowhere.Thing", "fields": {}}))
+    _load_fails(saved, r"\[cbstate\.thing\]: cannot restore cbstate\.thing: it holds a "
+                       r"nowhere\.Thing, a class checkpoints do not build: only fluxpy's values "
+                       r"and registered classes are\. If the file is yours, call "
+                       r"fp\.register_checkpoint_class\(Thing\) where Thing is defined")
 
 
 def test_the_gradient_scaler_state_is_saved_and_restored(tmp_path):
@@ -354,3 +368,91 @@ def test_the_gradient_scaler_state_is_saved_and_restored(tmp_path):
     resumed.scaler = torch.amp.GradScaler("cpu", init_scale=2.0)
     fp.load_checkpoint(resumed, path)
     assert resumed.scaler.state_dict()["scale"] == 256.0
+
+
+# -- only fluxpy's values and registered classes ------------------------------------------
+
+
+@attrs.frozen
+class PretrainingPhase(fp.AbstractTrainingPhase):
+    """A custom phase, unregistered: Recorder keys its history by it."""
+
+
+def test_saving_an_unregistered_attrs_value_is_an_error_naming_the_fix(tmp_path):
+    learner = test_learner(fp.Recorder())
+    learner.fit(1, phases=[(PretrainingPhase(), learner.data.training)])
+    with pytest.raises(TypeError, match=r"learner\.cbstate\.history key PretrainingPhase\(\) is "
+                                        r"a test_checkpoint\.PretrainingPhase, which checkpoints "
+                                        r"hold only when the class is registered.*call "
+                                        r"fp\.register_checkpoint_class\(PretrainingPhase\)"):
+        fp.save_checkpoint(learner, tmp_path / "c.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_registered_phase_is_saved_and_loaded(tmp_path):
+    @fp.register_checkpoint_class
+    @attrs.frozen
+    class Finetuning(fp.AbstractTrainingPhase):
+        pass
+
+    learner = test_learner(fp.Recorder())
+    learner.fit(2, phases=[(Finetuning(), learner.data.training)])
+    path = fp.save_checkpoint(learner, tmp_path / "c.pt")
+    resumed = test_learner(fp.Recorder(), seed=1)
+    fp.load_checkpoint(resumed, path)
+    assert resumed.cbstate.history[Finetuning()].epochs == 2
+
+
+def test_only_attrs_classes_can_be_registered():
+    with pytest.raises(TypeError, match=r"register_checkpoint_class\(<class 'dict'>\): "
+                                        "checkpoints hold instances of attrs classes"):
+        fp.register_checkpoint_class(dict)
+
+
+# -- the digest ----------------------------------------------------------------------------
+
+
+def test_a_file_of_format_version_1_without_a_digest_loads_with_a_warning(saved):
+    state = torch.load(saved, weights_only=True)
+    del state["digest"], state["optimizer_class"]
+    state["version"] = 1
+    torch.save(state, saved)
+    learner = test_learner(seed=5)
+    with pytest.warns(UserWarning, match="written by an earlier fluxpy, without a digest: that "
+                                         "its bytes are unchanged cannot be checked"):
+        fp.load_checkpoint(learner, saved)
+    assert torch.equal(learner.model.coeff, state["model"]["coeff"])
+
+
+def test_a_file_of_format_version_2_without_a_digest_is_an_error(saved):
+    state = torch.load(saved, weights_only=True)
+    del state["digest"]
+    torch.save(state, saved)
+    _load_fails(saved, r"\[digest\]: is damaged: it has no digest, which every checkpoint of "
+                       "format version 2 has")
+
+
+def test_the_digest_does_not_depend_on_the_order_of_a_set_in_another_process(tmp_path):
+    learner = test_learner()
+    learner.cbstate.tags = {f"tag{i}" for i in range(20)}
+    path = fp.save_checkpoint(learner, tmp_path / "c.pt")
+    code = ("import sys, fluxpy as fp; from fluxpy.testing import test_learner; "
+            "learner = test_learner(); fp.load_checkpoint(learner, sys.argv[1]); "
+            "print(learner.cbstate.tags == {f'tag{i}' for i in range(20)})")
+    for seed in ("1", "2"):
+        done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                              text=True, env={**os.environ, "PYTHONHASHSEED": seed}, check=False)
+        assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr
+
+
+# -- file permissions ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_a_checkpoint_file_gets_the_mode_the_umask_gives_new_files(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        path = fp.save_checkpoint(test_learner(), tmp_path / "c.pt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == mode

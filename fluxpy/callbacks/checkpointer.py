@@ -47,7 +47,7 @@ import torch
 
 from ..access import Access, Read
 from ..callback import Callback, UnsafeCallback, on, runafter, stateaccess
-from ..checkpoint import checkpoint_files, checkpoint_state, write_atomically
+from ..checkpoint import checkpoint_files, checkpoint_state, write_checkpoint
 from ..distributed import on_rank_zero
 from ..errors import CheckpointError
 from ..events import EpochEnd, FitBegin, FitEnd
@@ -125,7 +125,7 @@ class Checkpointer(UnsafeCallback):
 
     def _save(self, epoch: int, state: dict) -> None:
         _remove_leftovers(self.folder)
-        write_atomically(state, self.folder / f"epoch-{epoch:04d}.pt")
+        write_checkpoint(state, self.folder / f"epoch-{epoch:04d}.pt")
         self._prune()
 
     def _prune(self) -> None:

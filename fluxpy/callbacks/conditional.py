@@ -1,7 +1,9 @@
 """`ConditionalCallback` and `throttle`: run a callback's handlers only when a condition holds.
 
 The wrapper forwards `stateaccess`, `runafter`, `resolveconflict` and `init` to the callback it
-wraps, so a throttled callback takes the same place in the graph as the callback itself.
+wraps, so a throttled callback takes the same place in the graph as the callback itself, and
+its `state_dict` holds the wrapped callback's state (and the throttle's count), so checkpoints
+keep them.
 """
 
 from __future__ import annotations
@@ -36,6 +38,20 @@ class ConditionalCallback(Callback):
     def init(self, learner) -> None:
         self.callback.init(learner)
 
+    def state_dict(self) -> dict:
+        """The wrapped callback's state and the condition's (a `Throttle`'s count), for
+        checkpoints: a throttled `Scheduler` resumes at its step."""
+        state = {}
+        for part in ("callback", "condition"):
+            if callable(getattr(getattr(self, part), "state_dict", None)):
+                state[part] = getattr(self, part).state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        for part in ("callback", "condition"):
+            if callable(getattr(getattr(self, part), "load_state_dict", None)):
+                getattr(self, part).load_state_dict(state[part])
+
 
 @attrs.define
 class Throttle:
@@ -47,6 +63,13 @@ class Throttle:
     seconds: float | None = None
     _count: int = attrs.field(default=0, init=False)
     _last: float = attrs.field(default=float("-inf"), init=False)
+
+    def state_dict(self) -> dict:
+        """The firings counted; the time of the last one means nothing in another process."""
+        return {"count": self._count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._count = int(state["count"])
 
     def __call__(self, event: Event, phase: Phase) -> bool:
         if not isinstance(event, self.event):

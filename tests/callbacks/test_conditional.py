@@ -145,3 +145,61 @@ def test_throttled_recorder_counts_every_second_step():
     learner = test_learner(fp.throttle(fp.Recorder(), fp.StepEnd, every=2))
     learner.fit(1)
     assert learner.cbstate.history[TRAIN].steps == 8
+
+
+# -- state in checkpoints ------------------------------------------------------------------
+
+
+def _throttled_scheduler_learner(**kwargs):
+    schedule = fp.Scheduler({fp.LearningRate: fp.linear(64, 1e-2, 1e-3)})
+    return test_learner(fp.throttle(schedule, fp.StepBegin, every=2), **kwargs)
+
+
+def test_a_throttled_schedulers_step_and_the_throttles_count_resume_from_a_checkpoint(tmp_path):
+    learner = _throttled_scheduler_learner()
+    learner.fit(2)
+    path = fp.save_checkpoint(learner, tmp_path / "c.pt")
+    resumed = _throttled_scheduler_learner(seed=1)
+    fp.load_checkpoint(resumed, path)
+    wrapper = resumed.get_callback(fp.ConditionalCallback)
+    assert wrapper.condition._count == 32  # 2 epochs of 16 training steps
+    assert wrapper.callback.step == 16  # every second one
+    resumed.fit(1)
+    assert wrapper.callback.step == 24
+
+
+def test_the_wrappers_state_holds_the_wrapped_callbacks_and_the_throttles():
+    wrapper = fp.throttle(fp.Scheduler({fp.LearningRate: fp.linear(8, 1.0, 0.0)}), fp.StepEnd,
+                          every=2)
+    wrapper.callback.step, wrapper.condition._count = 5, 7
+    assert wrapper.state_dict() == {"callback": {"step": 5}, "condition": {"count": 7}}
+    wrapper.load_state_dict({"callback": {"step": 1}, "condition": {"count": 2}})
+    assert (wrapper.callback.step, wrapper.condition._count) == (1, 2)
+
+
+def test_a_plain_condition_and_a_stateless_callback_add_no_state():
+    wrapper = fp.ConditionalCallback(Counter(), lambda event, phase: True)
+    assert wrapper.state_dict() == {}
+
+
+@attrs.define
+class SchedulerGroup(fp.Callback):
+    """A group carrying a Scheduler."""
+
+    scheduler: fp.Scheduler
+
+    def subcallbacks(self):
+        return (self.scheduler,)
+
+
+def test_a_scheduler_in_a_group_is_saved_under_its_own_name(tmp_path):
+    def learner(seed):
+        return test_learner(SchedulerGroup(fp.Scheduler({fp.LearningRate: fp.linear(
+            64, 1e-2, 1e-3)})), seed=seed)
+
+    first = learner(0)
+    first.fit(1)
+    path = fp.save_checkpoint(first, tmp_path / "c.pt")
+    resumed = learner(1)
+    fp.load_checkpoint(resumed, path)
+    assert resumed.get_callback(fp.Scheduler).step == 16
