@@ -11,8 +11,11 @@ import time
 import attrs
 import pytest
 import torch
+from hypothesis import given, settings
+from random_callbacks import PATHS, RESOLVABLE, RandomCallback, declared, scenarios
 
 import fluxpy as fp
+from fluxpy.access import overlaps
 from fluxpy.testing import test_learner
 
 R, W = fp.Read(), fp.Write()
@@ -201,6 +204,77 @@ def test_threaded_random_draws_equal_the_serial_ones_over_many_runs(answer):
         executor.close()
         runs[name] = [cb.draws for cb in callbacks]
     assert runs["threaded"] == runs["serial"]
+
+
+@attrs.frozen
+class Simulate(fp.Event):
+    """The event of the property test below: each random callback acts out its declarations."""
+
+
+class World:
+    """What the random callbacks read and write: a value per declared path, and a log per
+    callback of what it read and drew. Keys are made up front: handlers only assign values."""
+
+    def __init__(self, callbacks):
+        self.values = {path: 0 for path in PATHS}
+        self.logs = {id(cb): [] for cb in callbacks}
+
+
+WORLD = None
+
+
+@fp.on.dispatch
+def _act_out(event: Simulate, phase: fp.Phase, cb: RandomCallback, learner):
+    """Read every declared path (the RNG's state for `rng`), then write each declared path
+    from what was read and from random draws where `rng` is written."""
+    access = fp.stateaccess(cb)
+    read = []
+    for path in access.reads():
+        if path == ("rng",):
+            read.append(hash(torch.get_rng_state().numpy().tobytes()))
+        else:
+            read += [value for key, value in WORLD.values.items() if overlaps(key, path)]
+        time.sleep(0)  # a chance for a wrongly scheduled handler to run in between
+    draws = []
+    if ("rng",) in access.writes():
+        for _ in range(3):
+            draws.append(torch.rand(()).item())
+            time.sleep(0)
+    for path in access.writes():
+        if path != ("rng",):
+            WORLD.values[path] = hash((type(cb).__name__, path, tuple(read), tuple(draws)))
+    WORLD.logs[id(cb)].append((read, draws))
+
+
+def _act(scenario, executor):
+    """Fire `Simulate` for five seeds; what the world holds and each callback saw."""
+    global WORLD
+    learner = fp.Learner(torch.nn.Linear(1, 1), torch.nn.functional.l1_loss,
+                         callbacks=scenario.callbacks, use_default_callbacks=False,
+                         executor=executor, device="cpu")
+    WORLD = World(scenario.callbacks)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        learner.handle(Simulate(), PHASE)
+    return WORLD.values, [WORLD.logs[id(cb)] for cb in scenario.callbacks]
+
+
+@pytest.fixture(scope="module")
+def pool():
+    executor = fp.ThreadedExecutor(4)
+    yield executor
+    executor.close()
+
+
+@settings(max_examples=100, deadline=None)
+@given(scenario=scenarios(answers=RESOLVABLE))
+def test_threaded_runs_give_the_serial_values_and_draws(pool, scenario):
+    with declared(scenario):
+        try:
+            serial = _act(scenario, fp.SerialExecutor())
+        except fp.CallbackGraphError:
+            return
+        assert _act(scenario, pool) == serial
 
 
 # -- errors and cancels ----------------------------------------------------------------------------
