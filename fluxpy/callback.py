@@ -9,8 +9,8 @@ hierarchies (the most specific method wins):
   callbacks for which only the fallback applies.
 - `stateaccess(callback) -> Access`: what learner state the handlers may read and write.
 - `runafter(callback) -> tuple[type, ...]`: callback types this one must run after.
-- `resolveconflict(a, b)`: how two callbacks that write overlapping state are ordered; looked
-  up in both argument orders.
+- `resolveconflict(a, b)`: how two callbacks that share state (one writes what the other
+  reads or writes) are ordered; looked up in both argument orders.
 
 Extending:
     Define the methods at module level in your own code:
@@ -75,7 +75,7 @@ class UnsafeCallback(Callback):
 
 @attrs.frozen
 class NotDefined:
-    """`resolveconflict` default: the pair's conflict is not resolved (an error if they clash)."""
+    """`resolveconflict` default: a writer runs before its readers; two writers are an error."""
 
 
 @attrs.frozen
@@ -85,12 +85,14 @@ class Unresolvable:
 
 @attrs.frozen
 class NoConflict:
-    """The two callbacks' writes do not interfere; they may run in either order (not at once)."""
+    """The two callbacks' writes commute. A writer still runs before the other's reads of what
+    it writes; a pair nothing else orders keeps the order given (never at the same time)."""
 
 
 @attrs.frozen
 class RunFirst:
-    """`callback` (one of the two arguments) runs before the other."""
+    """`callback` (one of the two arguments) runs before the other, for all the state they
+    share: also how a reader asks for a value before the other callback writes it."""
 
     callback: Callback = attrs.field(eq=False)
 
@@ -122,7 +124,8 @@ def _runafter(callback: Callback):
 def _resolveconflict(first: Callback, second: Callback):
     """resolveconflict(first, second) -> NotDefined | Unresolvable | NoConflict | RunFirst
 
-    Consulted when two callbacks write overlapping state; looked up in both argument orders.
+    Consulted for every pair whose declared paths overlap with at least one write (read/write
+    pairs included); looked up in both argument orders.
     """
     return NotDefined()
 
