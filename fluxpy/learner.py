@@ -14,7 +14,8 @@ namespace each step), `cbstate` (state callbacks share), `callbacks`, `device`, 
 
 Extending:
     Pass your own `executor=`; add phases with `fit(n, phases=[(phase, data), ...])`; change
-    callbacks on a built learner with `add_callback`, `remove_callback`, `replace_callback`.
+    callbacks on a built learner with `add_callback`, `remove_callback`, `replace_callback`
+    (called by a handler during `fit`, they apply at the next epoch boundary; see `fit`).
 """
 
 from __future__ import annotations
