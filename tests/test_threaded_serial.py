@@ -452,8 +452,7 @@ def test_ctrl_c_during_a_threaded_epoch_end_fit_end_waits_for_the_running_handle
         log.events.append("closed")
         log.file.close()
 
-    writer = callback_type("SlowWriter", fp.Access(cbstate=fp.Access(log=W)), write_slowly,
-                           fp.EpochEnd, fp.TrainingPhase)
+    writer = callback_type("SlowWriter", None, write_slowly, fp.EpochEnd, fp.TrainingPhase)
     opener = callback_type("Opener", None, open_log, fp.FitBegin)
     closer = callback_type("Closer", None, close_log, fp.FitEnd)
     interrupter = callback_type("Interrupter", None, interrupt, fp.EpochEnd, fp.TrainingPhase)
