@@ -32,6 +32,7 @@ class NoBatches:
     ((XS, XS, XS), "a tuple of 3 items"),
     ([XS], "a list of 1 items"),
     ({"xs": XS, "ys": XS}, "a dict"),
+    (7, "an int"),
 ])
 @pytest.mark.parametrize("phase", [TRAIN, VALID])
 def test_batch_that_is_not_a_pair_is_a_bad_batch_error(batch, what, phase):
