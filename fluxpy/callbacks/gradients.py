@@ -31,6 +31,7 @@ from ..distributed import set_gradient_sync, sync_pending_gradients
 from ..events import BackwardBegin, BackwardEnd, EpochBegin, EpochEnd, StepBegin
 from ..loop import update_parameters
 from ..phases import AbstractTrainingPhase
+from .nan import StopOnNaNLoss
 from .todevice import ToDevice
 
 __all__ = ["GradientAccumulation", "GradientClipping", "gradients_pending"]
@@ -175,6 +176,12 @@ def _clipping_epoch_end(event: EpochEnd, phase: AbstractTrainingPhase, cb: Gradi
 @resolveconflict.dispatch
 def _clip_before_accumulation(a: GradientClipping, b: GradientAccumulation):
     """Both touch the gradients; at `EpochEnd` the pending ones are clipped, then applied."""
+    return RunFirst(a)
+
+
+@resolveconflict.dispatch
+def _nan_check_before_accumulation(a: StopOnNaNLoss, b: GradientAccumulation):
+    """Check the loss itself, not the loss divided for the backward pass."""
     return RunFirst(a)
 
 

@@ -38,6 +38,7 @@ from ..callback import Callback, RunFirst, on, resolveconflict, stateaccess
 from ..events import BackwardBegin, BackwardEnd, EpochBegin, EpochEnd, FitBegin, FitEnd, StepEnd
 from ..phases import AbstractTrainingPhase, Phase
 from .gradients import GradientAccumulation, GradientClipping, gradients_pending
+from .nan import StopOnNaNLoss
 from .todevice import ToDevice
 
 __all__ = ["MixedPrecision"]
@@ -224,6 +225,12 @@ def _precision_before_accumulation(a: MixedPrecision, b: GradientAccumulation):
 @resolveconflict.dispatch
 def _precision_before_clipping(a: MixedPrecision, b: GradientClipping):
     """Unscale before clipping, so `max_norm` bounds the true gradients."""
+    return RunFirst(a)
+
+
+@resolveconflict.dispatch
+def _nan_check_before_scaling(a: StopOnNaNLoss, b: MixedPrecision):
+    """Check the loss itself: scaled for the float16 backward, a finite loss can overflow."""
     return RunFirst(a)
 
 
