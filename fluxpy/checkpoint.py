@@ -11,13 +11,16 @@ A checkpoint is one `torch.save` file holding a dict:
     model       the model's state_dict (of `model.module` when the model is wrapped in
                 DistributedDataParallel, so checkpoints move freely between DDP and one process)
     optimizer   the optimizer's state_dict
+    optimizer_class  its class ("torch.optim.adamw.AdamW"): another optimizer's state is refused
     scaler      `learner.scaler.state_dict()`, or None
     callbacks   {graph name ("Scheduler", "Metrics#2"): encoded state_dict()} of every callback
-                with `state_dict()` and `load_state_dict(state)` methods
+                with `state_dict()` and `load_state_dict(state)` methods (wrappers such as
+                `throttle` hold the wrapped callback's)
     cbstate     {key: encoded value} of `learner.cbstate` (history, metricsepoch, ...)
     rng         {"python": random.getstate(),
                  "numpy": ("MT19937", keys as an int64 tensor, pos, has_gauss, cached_gaussian),
                  "torch": torch.get_rng_state(), "cuda": [one state per CUDA device]}
+    digest      `checkpoint_digest` of the rest: a file whose contents changed is refused
 
 It loads with `torch.load(weights_only=True)`: no pickled code. Encoded values hold only None,
 bools, numbers, strings, bytes, tensors, and lists, tuples, sets and dicts with str or int keys
@@ -29,16 +32,22 @@ of those. Anything else is a tagged dict, `{"__fluxpy__": kind, ...}`:
     {"__fluxpy__": "ndarray", "data": tensor}                a numpy array
 
 So `cbstate.history[TrainingPhase()]`, a `History`, is an "attrs" value under an "attrs" key.
-Classes are found by qualified name among the `Phase` subclasses and the modules already
-imported; loading imports nothing.
+Only fluxpy's own values and classes registered with `fp.register_checkpoint_class` are
+built; loading imports nothing.
 
-Files are written atomically: a temporary file in the same folder, flushed and fsynced, moved
-over the target with `os.replace`, then the folder is fsynced. A kill at any moment leaves
-either the old file or the new one, never a partial file under the checkpoint's name.
+Loading is all or nothing: the digest and every part are checked against the learner before
+anything changes (see `load_checkpoint`). Version 1 files, written before digests, load with a
+warning.
+
+Files are written atomically: a temporary file in the same folder, created with the umask's
+mode like any file the user writes, flushed and fsynced, moved over the target with
+`os.replace`, then the folder is fsynced. A kill at any moment leaves either the old file or
+the new one, never a partial file under the checkpoint's name.
 
 Extending:
     A callback keeps its own state in checkpoints by defining `state_dict()` (returning values
-    the encoding above can hold) and `load_state_dict(state)`.
+    the encoding above can hold) and `load_state_dict(state)`. `load_state_dict` should raise
+    for a state it cannot take: the load is then undone and refused.
 """
 
 from __future__ import annotations

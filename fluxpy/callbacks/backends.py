@@ -4,14 +4,23 @@ A value is logged with its `name` (e.g. `"loss"`, `"lr"`, `"params/0.weight"`), 
 (`"TrainingPhase"`, ...), its `step` and the `axis` that step counts along: `"epoch"` (epochs
 of the phase, from 1) or `"step"` (the phase's steps, from 0, as schedules count them).
 
-- `TensorBoardBackend(logdir)`: event files for TensorBoard (the `tensorboard` extra). Scalar
-  tags are `name/phase` for epochs and `name/phase/step` for steps, so a metric's curves share
-  a section; histograms are tagged `name`.
+- `TensorBoardBackend(logdir)`: event files for TensorBoard (the `tensorboard` extra), one
+  run (a subfolder) per phase and axis: `logdir/TrainingPhase-epoch`,
+  `logdir/TrainingPhase-step`, ... Scalar tags are `name/phase` for epochs and
+  `name/phase/step` for steps, so a metric's curves share a section; histograms are tagged
+  `name`, in the run of their phase's steps.
 - `CSVBackend(path)`: one row per scalar, columns `axis,step,phase,name,value`; histograms are
   not written.
 
-The logging callbacks call `flush()` at each epoch end and `close()` at `FitEnd`, which fires
+The logging callbacks call `purge(step, phase=, axis=)` at `FitBegin` with the step each phase
+and axis continues from, `flush()` at each epoch end and `close()` at `FitEnd`, which fires
 also after an error or Ctrl-C. A closed backend opens again when it next logs (a later `fit`).
+
+Why `purge`: a run killed after an epoch was logged but before its checkpoint was written
+resumes from the checkpoint before, and logs that epoch again. What lies past the step it
+resumes from was logged by a run that no longer counts, so it is dropped (TensorBoard's
+`purge_step`, which is why each axis has a run of its own: TensorBoard purges a whole run
+from one step on; the CSV's rows past it).
 
 Extending:
     Subclass `fp.LogBackend` and implement `log_scalar` (and `log_histogram`, `flush`,
@@ -26,12 +35,15 @@ Extending:
 from __future__ import annotations
 
 import csv
+import io
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..checkpoint import replaced_atomically
 
 __all__ = ["CSVBackend", "LogBackend", "TensorBoardBackend"]
 
@@ -52,6 +64,10 @@ class LogBackend:
     def close(self) -> None:
         """Release files; logging again must reopen them (called at `FitEnd`)."""
 
+    def purge(self, step: int, *, phase: str, axis: str) -> None:
+        """Drop what was logged for `phase` along `axis` at `step` or later: logging resumes
+        there (called at `FitBegin`; a backend that cannot drop values may ignore it)."""
+
 
 class TensorBoardBackend(LogBackend):
     """Writes TensorBoard event files to `logdir` with `torch.utils.tensorboard`.
@@ -62,49 +78,63 @@ class TensorBoardBackend(LogBackend):
 
     def __init__(self, logdir: str | os.PathLike) -> None:
         self.logdir = Path(logdir)
-        self._writer: Any = None
+        self._writers: dict[str, Any] = {}  # run folder name -> SummaryWriter
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"TensorBoardBackend({str(self.logdir)!r})"
 
-    def _open(self) -> Any:
-        if self._writer is None:
+    def _open(self, phase: str, axis: str, purge_step: int | None = None) -> Any:
+        run = f"{phase}-{axis}"
+        if run not in self._writers:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as exc:
                 raise ImportError("TensorBoardBackend needs the tensorboard package: "
                                   "pip install 'fluxpy[tensorboard]'") from exc
-            self._writer = SummaryWriter(log_dir=str(self.logdir))
-        return self._writer
+            self._writers[run] = SummaryWriter(log_dir=str(self.logdir / run),
+                                               purge_step=purge_step)
+        return self._writers[run]
 
     def log_scalar(self, name: str, value: float, *, step: int, phase: str, axis: str) -> None:
         tag = f"{name}/{phase}" if axis == "epoch" else f"{name}/{phase}/{axis}"
         with self._lock:
-            self._open().add_scalar(tag, value, global_step=step)
+            self._open(phase, axis).add_scalar(tag, value, global_step=step)
 
     def log_histogram(self, name: str, values: torch.Tensor, *, step: int, phase: str) -> None:
         values = values.detach().float().cpu()
         with self._lock:
-            self._open().add_histogram(name, values, global_step=step)
+            self._open(phase, "step").add_histogram(name, values, global_step=step)
+
+    def purge(self, step: int, *, phase: str, axis: str) -> None:
+        """A writer opened with `purge_step` marks the run's restart: TensorBoard then ignores
+        what the run logged before at `step` or later."""
+        with self._lock:
+            if not (self.logdir / f"{phase}-{axis}").is_dir():
+                return  # nothing logged there yet
+            old = self._writers.pop(f"{phase}-{axis}", None)
+            if old is not None:
+                old.close()
+            self._open(phase, axis, purge_step=step)
 
     def flush(self) -> None:
         with self._lock:
-            if self._writer is not None:
-                self._writer.flush()
+            for writer in self._writers.values():
+                writer.flush()
 
     def close(self) -> None:
         with self._lock:
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
+            writers, self._writers = self._writers, {}
+            for writer in writers.values():
+                writer.close()
 
 
 class CSVBackend(LogBackend):
     """Appends one row per scalar to the CSV file `path`: `axis,step,phase,name,value`.
 
     The header is written once, when the file is new; an existing log is appended to (a
-    resumed run continues it). Rows are flushed at every epoch end and on close.
+    resumed run continues it, after `purge` rewrote it without the rows past the resumed
+    step). Rows are flushed at every epoch end and on close.
 
     Args:
         path: the CSV file (its folder is created if needed).
@@ -142,6 +172,26 @@ class CSVBackend(LogBackend):
         with self._lock:
             self._open().writerow((axis, step, phase, name, repr(float(value))))
 
+    def purge(self, step: int, *, phase: str, axis: str) -> None:
+        """Rewrite the file, atomically, without the rows of `phase` along `axis` from `step`
+        on (only when there are such rows)."""
+        with self._lock:
+            if not self.path.exists():
+                return
+            self._close()
+            with open(self.path, newline="") as f:
+                table = list(csv.reader(f))
+            if not table or tuple(table[0]) != self.HEADER:
+                return  # not a log: logging to it says so
+            kept = [row for row in table[1:] if not (
+                row[0] == axis and row[2] == phase and int(row[1]) >= step)]
+            if len(kept) == len(table) - 1:
+                return
+            text = io.StringIO()
+            csv.writer(text).writerows([table[0], *kept])
+            with replaced_atomically(self.path) as f:
+                f.write(text.getvalue().encode())
+
     def flush(self) -> None:
         with self._lock:
             if self._file is not None:
@@ -149,6 +199,9 @@ class CSVBackend(LogBackend):
 
     def close(self) -> None:
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = self._writer = None
+            self._close()
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = self._writer = None

@@ -19,6 +19,10 @@
 Each flushes its backends at `EpochEnd` and closes them at `FitEnd`, which fires also after an
 error or Ctrl-C. Under `torch.distributed` only rank 0 logs. Step numbers come from
 `cbstate.history` (`Recorder`), so they continue across `fit` calls and checkpoints.
+
+At `FitBegin` each tells its backends where every phase's logging continues
+(`LogBackend.purge`): after a resume from a checkpoint, what a killed run logged past it is
+dropped instead of logged twice.
 """
 
 from __future__ import annotations
@@ -81,6 +85,10 @@ class _Logger(Callback):
     def _flush(self) -> None:
         for backend in self.backends:
             backend.flush()
+
+    def _purge(self, step: int, phase: Phase, axis: str) -> None:
+        for backend in self.backends:
+            backend.purge(step, phase=str(phase), axis=axis)
 
 
 @attrs.define(init=False)
@@ -179,7 +187,12 @@ def _log_histograms_access(cb: LogHistograms):
 
 @on.dispatch
 def _logger_fit_begin(event: FitBegin, phase: Phase, cb: _Logger, learner):
+    """LogHyperParams and LogHistograms: training steps continue from the history's count."""
     cb._active = is_rank_zero()
+    if cb._active:
+        for p, history in learner.cbstate.history.items():
+            if isinstance(p, AbstractTrainingPhase):
+                cb._purge(history.steps, p, "step")
 
 
 @on.dispatch
@@ -201,6 +214,13 @@ def _log_metrics_fit_begin(event: FitBegin, phase: Phase, cb: LogMetrics, learne
     cb._logged = {(p, name): len(values)
                   for p, metrics in learner.cbstate.metricsepoch.items()
                   for name, values in metrics.items()}
+    if not cb._active:
+        return
+    for p, metrics in learner.cbstate.metricsepoch.items():
+        cb._purge(max(map(len, metrics.values()), default=0) + 1, p, "epoch")
+    if cb.every is not None:
+        for p, history in learner.cbstate.history.items():
+            cb._purge(history.steps, p, "step")
 
 
 @on.dispatch

@@ -2,6 +2,7 @@
 
 import itertools
 import os
+import stat
 
 import pytest
 import torch
@@ -196,3 +197,20 @@ def test_under_torch_distributed_only_rank_zero_writes_and_every_rank_waits(
     checkpoint_learner(tmp_path).fit(1)
     assert names(tmp_path) == written
     assert waits == [written]  # the barrier comes after rank 0's write
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_checkpoint_files_get_the_mode_the_umask_gives_new_files(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        checkpoint_learner(tmp_path, every=2).fit(3)  # epoch 2 saved in fit, epoch 3 at FitEnd
+    finally:
+        os.umask(old)
+    assert {name: stat.S_IMODE((tmp_path / name).stat().st_mode)
+            for name in names(tmp_path)} == {"epoch-0002.pt": mode, "epoch-0003.pt": mode}
+
+
+def test_a_checkpointers_file_holds_a_digest_that_load_verifies(tmp_path):
+    checkpoint_learner(tmp_path).fit(1)
+    state = torch.load(tmp_path / "epoch-0001.pt", weights_only=True)
+    assert state["digest"] == fp.checkpoint.checkpoint_digest(state)

@@ -1,6 +1,7 @@
 """LogMetrics, LogHyperParams, LogHistograms and their TensorBoard and CSV backends."""
 
 import csv
+import time
 
 import pytest
 import torch
@@ -58,9 +59,8 @@ def step_losses(into):
 def test_tensorboard_event_files_hold_the_epoch_metrics(tmp_path):
     learner = learner_with(fp.LogMetrics(fp.TensorBoardBackend(tmp_path / "tb")))
     learner.fit(2)
-    scalars = events(tmp_path / "tb")
     for phase in (TRAINING, VALIDATION):
-        logged = scalars.Scalars(f"loss/{phase}")
+        logged = events(tmp_path / "tb" / f"{phase}-epoch").Scalars(f"loss/{phase}")
         assert [e.step for e in logged] == [1, 2]
         assert [e.value for e in logged] == pytest.approx(
             learner.cbstate.metricsepoch[phase]["loss"], rel=1e-6)
@@ -101,6 +101,15 @@ def test_a_second_fit_logs_only_new_epochs_and_appends(tmp_path):
     assert [(r[0], r[1], r[2]) for r in table[1:]] == [
         ("epoch", "1", "TrainingPhase"), ("epoch", "1", "ValidationPhase"),
         ("epoch", "2", "TrainingPhase"), ("epoch", "2", "ValidationPhase")]
+
+
+def test_step_values_of_each_phase_go_to_their_own_tensorboard_run(tmp_path):
+    learner_with(fp.LogMetrics(fp.TensorBoardBackend(tmp_path), every=4)).fit(1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "TrainingPhase-epoch", "TrainingPhase-step", "ValidationPhase-epoch",
+        "ValidationPhase-step"]
+    logged = events(tmp_path / "ValidationPhase-step").Scalars("loss/ValidationPhase/step")
+    assert [e.step for e in logged] == [0, 4, 8, 12]
 
 
 def test_step_values_need_the_recorder():
@@ -165,7 +174,7 @@ def test_histograms_of_the_parameters_every_k_training_steps(tmp_path):
     learner = learner_with(fp.LogHistograms(fp.TensorBoardBackend(tmp_path), every=4), seen,
                            n_batches=8)
     learner.fit(1)
-    logged = events(tmp_path).Histograms("params/coeff")
+    logged = events(tmp_path / "TrainingPhase-step").Histograms("params/coeff")
     assert [e.step for e in logged] == [0, 4]
     assert [e.histogram_value.max for e in logged] == pytest.approx(coeffs[::4], rel=1e-6)
 
@@ -234,3 +243,83 @@ def test_step_logging_reads_values_once_per_epoch(host_reads):
         learner.fit(1)
         counts.append(len(host_reads))
     assert counts[0] == counts[1]
+
+
+# -- resuming from a checkpoint: what was logged past it is dropped -------------------------
+
+
+def resumable(folder, logs):
+    tb, table = fp.TensorBoardBackend(logs / "tb"), fp.CSVBackend(logs / "log.csv")
+    return test_learner(fp.Recorder(), fp.Metrics(), fp.LogMetrics(tb, table, every=4),
+                        fp.LogHyperParams(tb, table, every=4), fp.LogHistograms(tb, every=4),
+                        fp.Checkpointer(folder), n_batches=8)
+
+
+@pytest.fixture(scope="module")
+def resumed_logs(tmp_path_factory):
+    """Epochs 1-3 logged, the run killed before epoch 3's checkpoint (so epoch 3 was trained
+    differently: another learning rate), resumed from epoch 2 for epochs 3 and 4."""
+    folder, logs = tmp_path_factory.mktemp("ckpt"), tmp_path_factory.mktemp("logs")
+    first = resumable(folder, logs)
+    first.fit(2)
+    first.optimizer.param_groups[0]["lr"] = 0.5
+    first.fit(1)
+    (folder / "epoch-0003.pt").unlink()
+    # TensorBoard reads a run's event files in the order of their names, which begin with the
+    # second they were created in: a resumed run is a later process, so let a second pass.
+    started = int(time.time())
+    while int(time.time()) == started:
+        time.sleep(0.05)
+    second = resumable(folder, logs)
+    fp.load_checkpoint(second, folder)
+    second.fit(2)
+    return logs, second
+
+
+def test_a_resumed_csv_log_holds_each_epoch_and_step_once_with_the_resumed_values(resumed_logs):
+    logs, learner = resumed_logs
+    table = rows(logs / "log.csv")[1:]
+    epochs = [(phase, int(step), float(value)) for axis, step, phase, name, value in table
+              if axis == "epoch" and name == "loss"]
+    assert epochs == [(str(phase), epoch + 1, value)
+                      for epoch in range(4) for phase in (TRAINING, VALIDATION)
+                      for value in [learner.cbstate.metricsepoch[phase]["loss"][epoch]]]
+    for phase, steps in (("TrainingPhase", 32), ("ValidationPhase", 32)):
+        logged = [int(step) for axis, step, p, name, _ in table
+                  if axis == "step" and p == phase and name == "loss"]
+        assert logged == list(range(0, steps, 4)), phase
+    lrs = [(int(step), float(value)) for axis, step, _, name, value in table if name == "lr"]
+    assert lrs == [(step, 1e-3) for step in range(0, 32, 4)]  # none of the killed run's 0.5
+
+
+def test_a_resumed_tensorboard_log_holds_each_epoch_and_step_once(resumed_logs):
+    logs, learner = resumed_logs
+    for phase in (TRAINING, VALIDATION):
+        logged = events(logs / "tb" / f"{phase}-epoch").Scalars(f"loss/{phase}")
+        assert [e.step for e in logged] == [1, 2, 3, 4]
+        assert [e.value for e in logged] == pytest.approx(
+            learner.cbstate.metricsepoch[phase]["loss"], rel=1e-6)
+        steps = events(logs / "tb" / f"{phase}-step").Scalars(f"loss/{phase}/step")
+        assert [e.step for e in steps] == list(range(0, 32, 4))
+    training = events(logs / "tb" / "TrainingPhase-step")
+    assert [(e.step, e.value) for e in training.Scalars("lr/TrainingPhase/step")] == [
+        (step, pytest.approx(1e-3)) for step in range(0, 32, 4)]
+    assert [e.step for e in training.Histograms("params/coeff")] == list(range(0, 32, 4))
+
+
+def test_csv_purge_drops_only_that_phase_and_axis_from_the_step_on(tmp_path):
+    backend = fp.CSVBackend(tmp_path / "log.csv")
+    for step in range(3):
+        for phase in ("TrainingPhase", "ValidationPhase"):
+            backend.log_scalar("loss", float(step), step=step, phase=phase, axis="step")
+            backend.log_scalar("loss", float(step), step=step + 1, phase=phase, axis="epoch")
+    backend.purge(1, phase="TrainingPhase", axis="step")
+    backend.close()
+    assert [r[:3] for r in rows(tmp_path / "log.csv")[1:]] == [
+        ["step", "0", "TrainingPhase"], ["epoch", "1", "TrainingPhase"],
+        ["step", "0", "ValidationPhase"], ["epoch", "1", "ValidationPhase"],
+        ["epoch", "2", "TrainingPhase"],
+        ["step", "1", "ValidationPhase"], ["epoch", "2", "ValidationPhase"],
+        ["epoch", "3", "TrainingPhase"],
+        ["step", "2", "ValidationPhase"], ["epoch", "3", "ValidationPhase"]]
+    assert [p.name for p in tmp_path.iterdir()] == ["log.csv"]  # no temporary file left
