@@ -6,6 +6,11 @@ would synchronise the host with the device, so by default the finiteness of each
 is folded into a flag on the device and the flag is read every `every` steps and at each
 epoch end: up to `every - 1` updates may follow a non-finite loss there. Pass `every=1` to
 get the strict check (and the per-step sync) on an accelerator too.
+
+It checks the training loss at `BackwardBegin` after the callbacks that make it (`MixUp`, a
+penalty) and before those that only rescale it for the backward pass: `MixedPrecision` and
+`GradientAccumulation` declare `RunFirst(StopOnNaNLoss)`, since a finite loss scaled for
+float16 can overflow.
 """
 
 from __future__ import annotations
