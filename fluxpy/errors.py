@@ -50,25 +50,47 @@ class ProtectedError(PermissionError):
     """A handler read or wrote learner state its callback did not declare in `stateaccess`.
 
     Deliberately not an `AttributeError`: `getattr(learner, name, default)` must not hide it.
+
+    Args:
+        callback: the callback whose handler tried.
+        path: the full path, e.g. `batch.loss` or `callbacks[0].count`.
+        mode: `"read"` or `"write"`.
+        granted: what the callback has there, if anything (`"read access"`).
+        reason: why no declaration can grant it (a private attribute, another callback's
+            view); replaces the usual fix, which names the declaration to add.
+        detail: a sentence added at the end (strict mode: which handler changed what).
+        grant: where in the `Access` tree to grant it, when that is not `path` (strict mode
+            reports `model.coeff` of a callback that declared `model`).
     """
 
-    def __init__(self, callback: object, path: str, mode: str, granted: str | None = None):
+    def __init__(self, callback: object, path: str, mode: str, granted: str | None = None,
+                 reason: str | None = None, detail: str | None = None,
+                 grant: str | None = None):
         self.callback = callback
         self.path = path
         self.mode = mode
         self.granted = granted
+        self.reason = reason
+        self.detail = detail
+        self.grant = grant
         name = _name(callback)
         verb = "write" if mode == "write" else "read"
-        perm = "fp.Write()" if mode == "write" else "fp.Read()"
-        msg = f"{name} may not {verb} learner.{path}: add it to stateaccess({name})"
-        if granted:
-            msg += f" (it has {granted} there)"
-        msg += (f", e.g. {perm} at {_grant_point(path)!r} in the fp.Access tree that "
-                "stateaccess returns.")
+        if reason is not None:
+            msg = f"{name} may not {verb} learner.{path}: {reason}."
+        else:
+            perm = "fp.Write()" if mode == "write" else "fp.Read()"
+            msg = f"{name} may not {verb} learner.{path}: add it to stateaccess({name})"
+            if granted:
+                msg += f" (it has {granted} there)"
+            msg += (f", e.g. {perm} at {grant or _grant_point(path)!r} in the fp.Access tree "
+                    "that stateaccess returns.")
+        if detail:
+            msg += f" {detail}"
         super().__init__(msg)
 
     def __reduce__(self):
-        return (type(self), (self.callback, self.path, self.mode, self.granted))
+        return (type(self), (self.callback, self.path, self.mode, self.granted, self.reason,
+                             self.detail, self.grant))
 
 
 # -- the callback graph ------------------------------------------------------------------------

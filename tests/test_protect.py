@@ -1,10 +1,15 @@
 """The protected view: each handler sees the learner through its callback's `stateaccess`."""
 
+import collections
 import copy
+import dataclasses
+import datetime
+import pathlib
 import pickle
 import re
 
 import attrs
+import numpy as np
 import pytest
 import torch
 
@@ -434,3 +439,377 @@ def test_leaf_getters_are_compiled_only_for_attribute_paths():
     assert _leaf_getter("batch.loss", None, learner, write=False)(None) is learner.batch.loss
     assert isinstance(_leaf_getter("batch.log", None, learner, write=False)(None),
                       ReadOnlySequence)
+
+
+# -- a name covered by a merged Read() base --------------------------------------------------------
+
+
+def _merged_view():
+    """`cbstate.x` writable, the rest of `cbstate` readable through the merged `Read()` base."""
+    access = fp.Access(cbstate=fp.Access(x=fp.Write())) | fp.Access(cbstate=fp.Read())
+    view, learner = _view(access)
+    learner.cbstate.x = 1
+    learner.cbstate.other = [1, 2]
+    return view, learner
+
+
+def test_a_name_covered_only_by_a_merged_read_base_can_be_read():
+    view, _ = _merged_view()
+    assert view.cbstate.other == [1, 2]
+    assert view.cbstate.x == 1
+
+
+def test_a_name_covered_only_by_a_merged_read_base_stays_read_only():
+    view, learner = _merged_view()
+    with pytest.raises(fp.ProtectedError, match=_msg(
+        "Printer may not write learner.cbstate.other.append(): add it to stateaccess(Printer)"
+    )):
+        view.cbstate.other.append(3)
+    with pytest.raises(fp.ProtectedError, match=_msg(
+        "Printer may not write learner.cbstate.other: add it to stateaccess(Printer) (it has "
+        "read access there)"
+    )):
+        view.cbstate.other = []
+    view.cbstate.x = 2
+    assert (learner.cbstate.x, learner.cbstate.other) == (2, [1, 2])
+
+
+def test_a_missing_name_under_a_merged_read_base_is_the_objects_attribute_error():
+    view, _ = _merged_view()
+    with pytest.raises(AttributeError, match="'State' object has no attribute 'missing'"):
+        _ = view.cbstate.missing
+
+
+# -- callbacks read through the view ---------------------------------------------------------------
+
+
+class _Keeper(fp.Callback):
+    """Keeps the view it was given, as callbacks that need the learner outside handlers do."""
+
+    def init(self, learner):
+        self.learner = learner
+
+
+@fp.stateaccess.dispatch
+def _keeper_access(cb: _Keeper):
+    return fp.Access(model=fp.Write())
+
+
+class _Counter(fp.Callback):
+    """A plain (non-attrs) callback with public state."""
+
+    def __init__(self):
+        self.count = 0
+        self.seen = []
+
+
+class _RawKeeper(fp.UnsafeCallback):
+    def init(self, learner):
+        self.learner = learner
+
+
+def _callbacks_view(*others):
+    return _view(fp.Access(callbacks=fp.Read()), *others, cls_name="Reader")
+
+
+def test_a_view_another_callback_stored_is_not_reachable():
+    view, learner = _callbacks_view(_Keeper())
+    model = learner.model
+    keeper = view.callbacks[0]
+    with pytest.raises(fp.ProtectedError, match=_msg(
+        "Reader may not read learner.callbacks[0].learner: it is _Keeper's view of the learner, "
+        "which has _Keeper's permissions; declare what Reader needs in stateaccess(Reader)"
+    )):
+        keeper.learner.model = torch.nn.Linear(1, 1)
+    assert learner.model is model
+
+
+def test_a_callbacks_own_stored_view_comes_back_to_it():
+    class Reader(_Keeper):
+        pass
+
+    @fp.stateaccess.dispatch
+    def _reader_access(cb: Reader):
+        return fp.Access(callbacks=fp.Read())
+
+    reader = Reader()
+    learner = test_learner(reader)
+    view = learner.view(reader)
+    assert view.callbacks[0].learner is view
+
+
+def test_a_plain_callback_comes_back_read_only_all_the_way_down():
+    view, learner = _callbacks_view(_Counter())
+    counter = view.callbacks[0]
+    assert counter.count == 0
+    assert isinstance(counter, _Counter)
+    with pytest.raises(fp.ProtectedError, match=_msg(
+        "Reader may not write learner.callbacks[0].count: add it to stateaccess(Reader) (it "
+        "has read access there)"
+    )):
+        counter.count = 99
+    with pytest.raises(fp.ProtectedError, match=_msg(
+        "Reader may not write learner.callbacks[0].seen.append()"
+    )):
+        counter.seen.append(1)
+    with pytest.raises(fp.ProtectedError):
+        del counter.count
+    assert (learner.callbacks[0].count, learner.callbacks[0].seen) == (0, [])
+
+
+def test_methods_of_a_callback_read_through_the_view_are_refused():
+    view, _ = _callbacks_view(_Counter())
+    with pytest.raises(fp.ProtectedError, match=_msg(
+        "Reader may not write learner.callbacks[0].init(): add it to stateaccess(Reader) (it "
+        "has read access; methods may change the object there)"
+    )):
+        view.callbacks[0].init(view)
+
+
+def test_private_attributes_of_another_callback_are_not_readable():
+    view, learner = _callbacks_view(fp.Recorder())
+    learner.fit(1)
+    recorder = view.callbacks[0]
+    with pytest.raises(fp.ProtectedError, match=_msg(
+        "Reader may not read learner.callbacks[0]._histories: it is private to Recorder (a "
+        "leading underscore); to share state, a callback publishes it in learner.cbstate, "
+        "and Reader declares it in stateaccess(Reader)"
+    )):
+        _ = recorder._histories
+    with pytest.raises(fp.ProtectedError):
+        getattr(recorder, "_current", None)
+
+
+def test_the_raw_learner_reached_through_another_object_is_not_reachable():
+    view, learner = _callbacks_view(_RawKeeper())
+    assert learner.callbacks[0].learner is learner
+    with pytest.raises(fp.ProtectedError, match=_msg(
+        "Reader may not read learner.callbacks[0].learner: it is the learner itself, "
+        "unprotected; declare what Reader needs in stateaccess(Reader)"
+    )):
+        _ = view.callbacks[0].learner
+
+
+def test_a_view_stored_in_shared_state_is_not_reachable():
+    keeper = _Keeper()
+    view, learner = _view(fp.Access(cbstate=fp.Read()), keeper)
+    learner.cbstate.handle = {"view": learner.view(keeper)}
+    with pytest.raises(fp.ProtectedError, match=_msg(
+        "Printer may not read learner.cbstate.handle[view]: it is _Keeper's view"
+    )):
+        _ = view.cbstate.handle["view"]
+    with pytest.raises(fp.ProtectedError):
+        list(view.cbstate.handle.values())
+
+
+def test_copies_of_a_callback_read_through_the_view_hold_no_working_view():
+    view, _ = _callbacks_view(_Keeper())
+    keeper = view.callbacks[0]
+    assert copy.copy(keeper) is keeper
+    with pytest.raises(TypeError, match="a protected view is live and cannot be copied"):
+        copy.deepcopy(keeper)
+    with pytest.raises(TypeError, match="a protected view is live and cannot be copied"):
+        pickle.dumps(keeper)
+
+
+def test_only_names_that_say_so_lead_from_a_view_or_read_only_value_to_raw_state():
+    view, learner = _callbacks_view(_Counter())
+    reachable = [getattr(view, name) for name in dir(type(view)) if not name.startswith("__")]
+    assert not any(value is learner for value in reachable)
+    counter = view.callbacks[0]
+    raw = learner.callbacks[0]
+    for cls in type(counter).__mro__:
+        for name in getattr(cls, "__slots__", ()):
+            if getattr(counter, name) is raw:
+                assert name.endswith("_do_not_use"), name
+    assert not hasattr(counter, "_fp_obj")
+    assert not hasattr(view, "_fp_root")
+    reduced = counter.__reduce__()
+    assert raw not in reduced[1]
+
+
+def test_getattr_vars_dir_and_dict_do_not_reach_around_the_view():
+    view, _ = _callbacks_view(_Counter())
+    counter = view.callbacks[0]
+    with pytest.raises(TypeError):
+        vars(view)
+    with pytest.raises(TypeError):
+        vars(counter)
+    with pytest.raises(AttributeError):
+        _ = view.__dict__
+    with pytest.raises(AttributeError):
+        _ = counter.__dict__
+    assert dir(view) == ["callbacks"]
+    with pytest.raises(fp.ProtectedError):
+        getattr(view, "model", None)
+
+
+# -- containers of any kind under Read() -----------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Config:
+    n: int = 1
+    items: list = dataclasses.field(default_factory=list)
+
+
+class _Plain:
+    def __init__(self):
+        self.n = 1
+
+
+class _Stateful:
+    """A callable object with state, e.g. a loss that counts its calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x):
+        return x * 2
+
+
+def _state_view(**entries):
+    view, learner = _view(fp.Access(cbstate=fp.Read()))
+    for name, value in entries.items():
+        setattr(learner.cbstate, name, value)
+    return view.cbstate, learner.cbstate
+
+
+def test_a_dataclass_under_read_is_read_only():
+    seen, raw = _state_view(config=_Config(items=[1]))
+    assert seen.config.n == 1
+    assert list(seen.config.items) == [1]
+    assert isinstance(seen.config, _Config)
+    with pytest.raises(fp.ProtectedError,
+                       match=_msg("Printer may not write learner.cbstate.config.n")):
+        seen.config.n = 5
+    with pytest.raises(fp.ProtectedError, match=_msg(
+        "Printer may not write learner.cbstate.config.items.append()"
+    )):
+        seen.config.items.append(2)
+    assert raw.config == _Config(n=1, items=[1])
+
+
+def test_a_deque_under_read_is_read_only():
+    seen, raw = _state_view(queue=collections.deque([[1], [2]], maxlen=5))
+    queue = seen.queue
+    assert len(queue) == 2 and list(queue) == [[1], [2]] and queue.maxlen == 5
+    for mutate in (lambda: queue.append([3]), lambda: queue.appendleft([0]),
+                   lambda: queue.popleft(), lambda: queue.rotate(1),
+                   lambda: queue.__setitem__(0, 7), lambda: queue.clear()):
+        with pytest.raises(fp.ProtectedError,
+                           match=_msg("Printer may not write learner.cbstate.queue")):
+            mutate()
+    with pytest.raises(fp.ProtectedError, match=_msg(
+        "Printer may not write learner.cbstate.queue[0].append()"
+    )):
+        queue[0].append(7)
+    assert raw.queue == collections.deque([[1], [2]])
+
+
+def test_a_numpy_array_under_read_is_a_read_only_view():
+    array = np.arange(3)
+    seen, _ = _state_view(array=array)
+    assert seen.array.tolist() == [0, 1, 2]
+    assert np.shares_memory(seen.array, array)  # a view: no copy
+    with pytest.raises(ValueError, match="read-only"):
+        seen.array[0] = 7
+    with pytest.raises(ValueError, match="read-only"):
+        seen.array += 1
+    with pytest.raises(ValueError, match="read-only"):
+        np.add(seen.array, 1, out=seen.array)
+    assert array.tolist() == [0, 1, 2]
+    assert array.flags.writeable
+
+
+def test_a_numpy_array_of_objects_cannot_be_handed_out_read_only():
+    seen, _ = _state_view(objects=np.array([_Plain()], dtype=object))
+    with pytest.raises(fp.ProtectedError, match=_msg(
+        "Printer may not read learner.cbstate.objects: a numpy array of Python objects cannot "
+        "be made read-only (its items could still be changed); keep such state in a list, or "
+        "declare fp.Write() for it"
+    )):
+        _ = seen.objects
+
+
+def test_a_bytearray_under_read_is_an_immutable_copy():
+    seen, raw = _state_view(data=bytearray(b"abc"))
+    assert seen.data == b"abc"
+    with pytest.raises(TypeError):
+        seen.data[0] = 7
+    assert raw.data == bytearray(b"abc")
+
+
+def test_a_set_under_read_is_frozen_and_its_items_read_only():
+    seen, raw = _state_view(tags={"a", "b"}, objects={_Plain()})
+    assert seen.tags == frozenset({"a", "b"}) and "a" in seen.tags
+    with pytest.raises(AttributeError):
+        seen.tags.add("c")
+    (item,) = seen.objects
+    with pytest.raises(fp.ProtectedError,
+                       match=_msg("Printer may not write learner.cbstate.objects")):
+        item.n = 5
+    assert raw.tags == {"a", "b"} and next(iter(raw.objects)).n == 1
+
+
+def test_a_set_of_tuples_under_read_stays_usable():
+    seen, _ = _state_view(pairs={(1, 2), (3, 4)})
+    assert (1, 2) in seen.pairs
+    assert sorted(tuple(p) for p in seen.pairs) == [(1, 2), (3, 4)]
+
+
+def test_a_plain_object_under_read_is_read_only():
+    seen, raw = _state_view(thing=_Plain())
+    assert seen.thing.n == 1
+    with pytest.raises(fp.ProtectedError,
+                       match=_msg("Printer may not write learner.cbstate.thing.n")):
+        seen.thing.n = 5
+    assert raw.thing.n == 1
+
+
+def test_a_callable_object_under_read_can_be_called_but_not_changed():
+    seen, raw = _state_view(double=_Stateful())
+    assert seen.double(2) == 4
+    with pytest.raises(fp.ProtectedError, match=_msg("may not write learner.cbstate.double.calls")):
+        seen.double.calls = 99
+    assert raw.double.calls == 0
+
+
+def test_a_defaultdict_under_read_is_not_filled_by_reading():
+    seen, raw = _state_view(counts=collections.defaultdict(list, a=[1]))
+    assert list(seen.counts["b"]) == []
+    assert "b" not in raw.counts
+    with pytest.raises(fp.ProtectedError):
+        seen.counts["a"].append(2)
+    assert dict(raw.counts) == {"a": [1]}
+
+
+def test_an_iterator_under_read_cannot_be_advanced():
+    iterator = iter([1, 2])
+    seen, _ = _state_view(iterator=iterator)
+    with pytest.raises(fp.ProtectedError, match=_msg(
+        "Printer may not write learner.cbstate.iterator: add it to stateaccess(Printer) (it has "
+        "read access; advancing an iterator changes it there)"
+    )):
+        next(seen.iterator)
+    assert next(iterator) == 1
+
+
+def test_a_data_loader_under_read_can_be_measured_and_iterated():
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(4.0)),
+                                         batch_size=2)
+    seen, _ = _state_view(loader=loader)
+    assert len(seen.loader) == 2
+    assert [b[0].tolist() for b in seen.loader] == [[0.0, 1.0], [2.0, 3.0]]
+    with pytest.raises(fp.ProtectedError):
+        seen.loader.batch_size = 3
+
+
+def test_immutable_values_under_read_come_back_as_they_are():
+    path, device, when = pathlib.Path("a"), torch.device("cpu"), datetime.timedelta(1)
+    seen, _ = _state_view(path=path, device=device, when=when, number=np.float32(1.5),
+                          pair=("a", 1), shape=torch.Size([2, 3]))
+    assert seen.path is path and seen.device is device and seen.when is when
+    assert seen.number == np.float32(1.5)
+    assert seen.shape == torch.Size([2, 3]) and type(seen.shape) is torch.Size
+    assert hash(seen.pair) == hash(("a", 1))

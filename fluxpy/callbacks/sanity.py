@@ -149,10 +149,10 @@ def _describe(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)} on {value.device}"
     if isinstance(value, ReadOnlySequence):  # a tuple or list seen through Read()
-        value = value._fp_obj
+        value = value._fp_raw_do_not_use
     if isinstance(value, (tuple, list)):
         return f"a {type(value).__name__} of {len(value)} items"
-    noun = type(value).__name__
+    noun = value.__class__.__name__  # what a read-only object shows is the object's class
     return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
