@@ -114,3 +114,23 @@ def test_a_full_disk_for_save_checkpoint_keeps_the_previous_file(tmp_path, monke
         fp.save_checkpoint(learner, path)
     assert os.listdir(tmp_path) == ["model.pt"]
     assert path.read_bytes() == before
+
+
+def test_a_full_disk_while_a_resumed_run_rewrites_its_csv_log_leaves_the_log_whole(tmp_path,
+                                                                                   monkeypatch):
+    log = tmp_path / "log.csv"
+    first = test_learner(fp.Recorder(), fp.Metrics(), fp.LogMetrics(fp.CSVBackend(log)),
+                         n_batches=4)
+    first.fit(2)
+    path = fp.save_checkpoint(first, tmp_path / "one.pt")
+    first.fit(1)  # epoch 3 logged, then the run "dies"
+    before = log.read_bytes()
+    resumed = test_learner(fp.Recorder(), fp.Metrics(), fp.LogMetrics(fp.CSVBackend(log)),
+                           n_batches=4)
+    fp.load_checkpoint(resumed, path)
+    fill_the_disk(monkeypatch)
+    monkeypatch.setattr(FullDisk, "room", 64)  # less than the log without epoch 3
+    with pytest.raises(OSError, match="No space left on device"):
+        resumed.fit(1)
+    assert log.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["log.csv", "one.pt"]

@@ -5,9 +5,11 @@ trains (a model of a few MB, tiny epochs, a checkpoint every epoch, so most of t
 spent saving) and kills it with SIGKILL: after a random delay, or from inside a save (half
 of the file written; or written and synced but not yet renamed). After each kill the folder
 must load with `load_checkpoint`: its latest complete checkpoint, every `epoch-NNNN.pt` whole,
-leftover temporary files ignored, and removed by the next save of a resumed run.
+leftover temporary files ignored, and removed by the next save of a resumed run. The children
+log their metrics to `FOLDER.csv`; a resumed run logs on without repeating an epoch.
 """
 
+import csv
 import random
 import re
 import subprocess
@@ -39,6 +41,7 @@ DRIVER = textwrap.dedent('''
         data = [(xs[:32], xs[:32, :1]), (xs[32:], xs[32:, :1])]
         return fp.Learner(model, torch.nn.functional.mse_loss, data=(data, data[:1]),
                           callbacks=[fp.Recorder(), fp.Metrics(),
+                                     fp.LogMetrics(fp.CSVBackend(f"{folder}.csv")),
                                      fp.Checkpointer(folder, keep_last=2)],
                           use_default_callbacks=False, device="cpu")
 
@@ -166,6 +169,16 @@ def test_a_kill_halfway_through_writing_leaves_the_previous_checkpoint(driver, t
     assert found["complete"] == ["epoch-0001.pt", "epoch-0002.pt"]
     assert len(found["leftovers"]) == 1
     assert found["loaded"] == "epoch-0002.pt"
+
+
+def test_a_run_resumed_after_a_kill_logs_the_epoch_it_repeats_once(driver, tmp_path):
+    """Killed writing epoch 3's checkpoint, after epoch 3 was logged; resumed from epoch 2."""
+    kill_once(driver, tmp_path / "logged", mode="midwrite:3")  # resumes, trains epoch 3
+    with open(tmp_path / "logged.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    epochs = [int(r["step"]) for r in rows if r["phase"] == "ValidationPhase"
+              and r["name"] == "loss"]
+    assert epochs == [1, 2, 3]
 
 
 def test_a_kill_between_sync_and_rename_leaves_the_previous_checkpoint(driver, tmp_path):
