@@ -114,7 +114,9 @@ def load_checkpoint(learner, path: str | os.PathLike) -> Path:
     file = _resolve(Path(path))
     state = _read(file)
     parts = _checked_parts(learner, state, file)
-    _load_callbacks(parts.callbacks, file)  # first: the one part that can fail while applied
+    # Callbacks first: their own load_state_dict is their check, undone if it fails; every
+    # part after them was checked above and goes in as it is.
+    _load_callbacks(parts.callbacks, file)
     unwrap_model(learner.model).load_state_dict(state["model"])
     learner.optimizer.load_state_dict(state["optimizer"])
     if parts.scaler is not None:

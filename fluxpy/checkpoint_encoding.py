@@ -75,8 +75,9 @@ def encode(value: Any, path: str) -> Any:
                 "fields": {k: encode(v, f"{path}.{k}") for k, v in vars(value).items()}}
     raise TypeError(
         f"{path} is a {type(value).__name__}, which a checkpoint cannot hold: checkpoints "
-        "keep tensors, numbers, strings, containers of them and attrs values. Store such "
-        "values there, or keep the object in a callback with state_dict/load_state_dict."
+        "keep tensors, numbers, strings, containers of them and registered attrs values. "
+        "Store such values there, or keep the object in a callback with "
+        "state_dict/load_state_dict."
     )
 
 
