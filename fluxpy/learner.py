@@ -61,6 +61,7 @@ from .loop import (
 from .phases import Phase, TrainingPhase, ValidationPhase
 from .protect import protect
 from .state import Batch, Data, State, as_data
+from .strict import checked
 
 __all__ = ["FitResult", "Learner"]
 
@@ -114,6 +115,10 @@ class Learner:
             you. Under DDP `device=None` means `cuda:LOCAL_RANK` (or the CPU), `learner.model`
             is the DDP wrapper (`learner.model.module` the plain model) and `learner.ddp` is
             set (else `None`).
+        strict: check that no handler changes, in place, a tensor, module or optimizer its
+            callback may only read (see `fluxpy.strict`); a change is an `fp.ProtectedError`
+            naming the callback, the handler and the path. Costs a copy of what each handler
+            reads, so it is meant for tests (`fluxpy.testing.test_learner` turns it on).
     """
 
     def __init__(
@@ -128,6 +133,7 @@ class Learner:
         executor: Executor | None = None,
         device: Any = None,
         distributed: bool | None = None,
+        strict: bool = False,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -138,6 +144,9 @@ class Learner:
                 f"executor must be an fp.Executor (with run(event, phase, handlers)), "
                 f"not {type(executor).__name__}"
             )
+        if not isinstance(strict, bool):
+            raise TypeError(f"strict must be True or False, not {strict!r}")
+        self.strict = strict  # read where handlers are planned (`_plan`)
         self.model = model
         self.loss_fn = loss_fn
         self.device = resolve_device(device)
@@ -409,6 +418,8 @@ class Learner:
             cb = graph.callbacks[i]
             method = _method(type(event), type(phase), cb)
             if method is not None and runs_on_this_rank(cb):
+                if self.strict and not isinstance(cb, UnsafeCallback):
+                    method = checked(method, cb, graph.access[i])
                 handlers.append(Handler(cb, graph.names[i], method, event, phase, self._views[i]))
                 index.append(i)
         for k, h in enumerate(handlers):

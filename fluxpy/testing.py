@@ -6,6 +6,8 @@
 
 It runs on the CPU in milliseconds, converges in a few epochs with SGD (lr 1e-3) on an L1
 loss, and is deterministic for a given `seed`. Default callbacks are off unless asked for.
+Strict mode is on (`strict=False` turns it off): a handler that changes, in place, a tensor,
+module or optimizer its callback only declared `Read()` for fails the test.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def test_learner(*callbacks: Callback, n_batches: int = 16, coeff: float = 3.0,
     model = CoeffModel(start)
     kwargs.setdefault("optimizer", lambda params: torch.optim.SGD(params, lr=lr))
     kwargs.setdefault("device", "cpu")
+    kwargs.setdefault("strict", True)  # tests of a callback also check what it only reads
     return Learner(model, torch.nn.functional.l1_loss, data=(data, data), callbacks=callbacks,
                    use_default_callbacks=use_default_callbacks, **kwargs)
 
