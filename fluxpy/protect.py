@@ -11,10 +11,17 @@ for its path (`learner.batch.loss` reads `root.batch.loss` directly, and a `Read
 test). Views are live: `learner.batch` as a handler sees it is the same view every step and
 always shows the learner's current batch.
 
-Under a `Read()` node, containers and namespaces come back read-only (`ReadOnlyMapping`,
-`ReadOnlySequence`, `ReadOnlyObject`): a callback allowed to read `cbstate.history` cannot
-change it. Tensors, modules and optimizers come back as they are: guard them with `Write`
-declarations and the graph, not with proxies that would break torch.
+Nothing reached through a view is a way around it. Under a `Read()` node, values come back
+read-only all the way down (`readonly`): mappings, sequences and objects of any kind through
+`ReadOnlyMapping`, `ReadOnlySequence`, `ReadOnlyObject`, a numpy array as a read-only view, a
+set as a frozenset; a callback allowed to read `cbstate.history` cannot change it, and one
+that reads `learner.callbacks` cannot change them, read their private attributes or reach
+the view another callback kept (nor the raw learner). Tensors, modules and optimizers come
+back as they are (proxies would break torch, copies cost too much): strict mode
+(`fluxpy.strict`) checks that a handler that only reads them leaves them unchanged.
+
+No attribute of a view holds the learner: the getters and the view's methods close over it.
+The read-only wrappers keep what they show in `_fp_raw_do_not_use`, named for what it is.
 """
 
 from __future__ import annotations
