@@ -140,3 +140,31 @@ def test_names_must_be_attribute_names(name):
 
 def test_repr_shows_the_tree():
     assert repr(fp.Access(batch=fp.Access(loss=fp.Read()))) == "Access(batch=Access(loss=Read()))"
+
+
+# -- a merged Read() or Write() base: a permission for the names a node does not list -------------
+
+
+def test_a_read_merged_over_a_tree_covers_the_names_the_tree_does_not_list():
+    tree = fp.Access(cbstate=fp.Access(x=fp.Write())) | fp.Access(cbstate=fp.Read())
+    assert repr(tree) == "Access(cbstate=Access(Read() for the rest, x=Write()))"
+    assert tree.permission("cbstate.x") == fp.Write()
+    assert tree.permission("cbstate.other") == fp.Read()
+    assert tree.permission("cbstate.other.deeper") == fp.Read()
+    assert tree.permission("batch") is None
+    assert tree.reads() == [("cbstate",)]
+    assert tree.writes() == [("cbstate", "x")]
+
+
+def test_a_write_merged_over_a_tree_covers_its_reads_too():
+    tree = fp.Access(cbstate=fp.Access(x=fp.Read())) | fp.Access(cbstate=fp.Write())
+    assert tree.permission("cbstate.x") == fp.Write()
+    assert tree.permission("cbstate.other") == fp.Write()
+    assert tree.reads() == []
+    assert tree.writes() == [("cbstate",)]
+
+
+def test_a_merge_is_the_same_in_either_order():
+    a = fp.Access(cbstate=fp.Access(x=fp.Write()), batch=fp.Access(loss=fp.Read()))
+    b = fp.Access(cbstate=fp.Read(), batch=fp.Access(xs=fp.Read()))
+    assert a | b == b | a
