@@ -4,6 +4,7 @@ what was given and what is expected."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -46,12 +47,25 @@ def flatten_callbacks(roots: Iterable[Callback]) -> tuple[list[Callback], dict[i
                 f"{type(cb).__name__}.subcallbacks() returned {children!r}: return a tuple of "
                 "the callbacks in the group"
             )
+        if not children:
+            _warn_if_carried_unnoticed(cb)
         for child in children:
             visit(child, cb)
 
     for cb in roots:
         visit(cb, None)
     return flat, groups
+
+
+def _warn_if_carried_unnoticed(cb: Callback) -> None:
+    """A `callbacks` attribute holding callbacks looks like a group, but only `subcallbacks()`
+    makes one: say so rather than leave those callbacks out silently."""
+    carried = getattr(cb, "callbacks", None)
+    if isinstance(carried, (tuple, list)) and any(isinstance(c, Callback) for c in carried):
+        warnings.warn(
+            f"{type(cb).__name__} has a `callbacks` attribute holding callbacks, which the "
+            f"learner does not add: to make {type(cb).__name__} a group, override "
+            "subcallbacks() to return them.", stacklevel=4)
 
 
 def missing_defaults(given: list[Callback]) -> list[Callback]:

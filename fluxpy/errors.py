@@ -134,10 +134,10 @@ class UnresolvableConflictError(CallbackGraphError):
         self.callbacks = (first, second)
         self.paths = tuple(paths)
         a, b = names or (_name(first), _name(second))
-        shared = ", ".join(f"learner.{pa} / learner.{pb}" for pa, pb in self.paths)
+        shared = ", ".join(dict.fromkeys(f"learner.{p}" for pair in self.paths for p in pair))
         super().__init__(
             f"{a} and {b} cannot be used together: resolveconflict says fp.Unresolvable() "
-            f"for their writes to {shared}. Remove one of them."
+            f"for the state they share ({shared}). Remove one of them."
         )
 
 

@@ -327,8 +327,8 @@ def test_unresolvable_names_both_callbacks_and_paths(declared):
     with pytest.raises(fp.UnresolvableConflictError) as info:
         fp.build_graph([a(), b()])
     assert str(info.value) == (
-        "A and B cannot be used together: resolveconflict says fp.Unresolvable() for their "
-        "writes to learner.batch.loss / learner.batch.loss. Remove one of them."
+        "A and B cannot be used together: resolveconflict says fp.Unresolvable() for the "
+        "state they share (learner.batch.loss). Remove one of them."
     )
     assert isinstance(info.value, fp.CallbackGraphError)
 
@@ -338,7 +338,8 @@ def test_unresolvable_applies_to_a_read_write_pair():
     writer = callback_type("Writer", cbstate(x=W))
     resolve(reader, writer, lambda x, y: fp.Unresolvable())
     with pytest.raises(fp.UnresolvableConflictError, match=re.escape(
-        "Reader and Writer cannot be used together"
+        "Reader and Writer cannot be used together: resolveconflict says fp.Unresolvable() for "
+        "the state they share (learner.cbstate.x). Remove one of them."
     )):
         fp.build_graph([reader(), writer()])
 

@@ -266,6 +266,19 @@ def test_a_callbacks_attribute_does_not_make_a_group():
     assert learner.groups == {}
 
 
+def test_a_callbacks_attribute_holding_callbacks_is_a_warning_naming_the_fix():
+    @attrs.define
+    class OldStyleGroup(fp.Callback):
+        callbacks: list = attrs.Factory(list)
+
+    with pytest.warns(UserWarning, match=re.escape(
+        "OldStyleGroup has a `callbacks` attribute holding callbacks, which the learner does "
+        "not add: to make OldStyleGroup a group, override subcallbacks() to return them."
+    )):
+        learner = learner_with(callbacks=[OldStyleGroup([fp.Recorder()])])
+    assert [type(c) for c in learner.callbacks] == [OldStyleGroup]
+
+
 def test_a_callback_has_no_subcallbacks_by_default():
     assert fp.Recorder().subcallbacks() == ()
 

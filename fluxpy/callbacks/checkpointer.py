@@ -171,7 +171,7 @@ def _checkpointer_after(cb: Checkpointer):
 @stateaccess.dispatch
 def _checkpointer_access(cb: Checkpointer):
     return Access(model=Read(), optimizer=Read(), scaler=Read(), cbstate=Read(),
-                  callbacks=Read())
+                  callbacks=Read(), rng=Read())
 
 
 @on.dispatch

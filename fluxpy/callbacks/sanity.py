@@ -31,13 +31,15 @@ import attrs
 import numpy as np
 import torch
 
-from ..access import Access, Read
-from ..callback import Callback, on, stateaccess
+from ..access import Access, Read, Write
+from ..callback import Callback, NoConflict, RunFirst, on, resolveconflict, stateaccess
 from ..errors import SanityCheckError
 from ..events import FitBegin
 from ..phases import Phase
 from ..protect import ReadOnlySequence
-from .todevice import to_device
+from .gradients import GradientAccumulation, GradientClipping
+from .precision import MixedPrecision
+from .todevice import ToDevice, to_device
 
 __all__ = ["SanityCheck"]
 
@@ -49,7 +51,20 @@ class SanityCheck(Callback):
 
 @stateaccess.dispatch
 def _sanity_access(cb: SanityCheck):
-    return Access(data=Read(), model=Read(), loss_fn=Read(), device=Read())
+    # `model` is written: the check switches train/eval mode and runs the forward, which
+    # updates BatchNorm statistics, before it puts both back. No other handler may see that.
+    return Access(data=Read(), model=Write(), loss_fn=Read(), device=Read())
+
+
+@resolveconflict.dispatch
+def _sanity_after_setup(check: SanityCheck, setup: ToDevice | MixedPrecision):
+    return RunFirst(setup)  # check the model as training will run it: moved, autocast on
+
+
+@resolveconflict.dispatch
+def _sanity_with_gradients(check: SanityCheck,
+                           other: GradientClipping | GradientAccumulation):
+    return NoConflict()  # they write gradients during steps; the check runs before any
 
 
 @on.dispatch

@@ -136,3 +136,21 @@ def test_the_error_is_a_value_error_that_pickles():
     assert isinstance(error, ValueError)
     copy = pickle.loads(pickle.dumps(error))
     assert copy.problems == ("a", "b") and str(copy) == str(error)
+
+
+def test_a_model_with_batch_norm_passes_strict_mode_because_the_check_declares_its_writes():
+    # The check runs the training batch in training mode, which updates BatchNorm statistics
+    # in place before they are put back: a write, declared as one.
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4),
+                                torch.nn.Linear(4, 1))
+    learner = fp.Learner(model, F.mse_loss, data=(pairs(), pairs()),
+                         callbacks=[fp.SanityCheck()], use_default_callbacks=False,
+                         device="cpu", strict=True)
+    assert learner.fit(1).epochs == 1
+
+
+def test_the_check_runs_after_the_callbacks_that_set_up_the_model():
+    graph = fp.build_graph([fp.SanityCheck(), fp.MixedPrecision(torch.bfloat16),
+                            fp.ToDevice("cpu"), fp.GradientClipping(1.0)])
+    assert [type(cb).__name__ for cb in graph.ordered()] == [
+        "ToDevice", "MixedPrecision", "SanityCheck", "GradientClipping"]
