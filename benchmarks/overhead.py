@@ -138,15 +138,22 @@ def raw_device(w: Workload) -> Callable[[], None]:
     return fit
 
 
-def _fluxpy(w: Workload, callbacks: list, defaults: bool) -> Callable[[], None]:
+def _fluxpy(w: Workload, callbacks: list, defaults: bool,
+            strict: bool = False) -> Callable[[], None]:
     model, opt = model_and_optimizer(w)
     learner = fp.Learner(model, F.cross_entropy, data=(w.train, w.valid), optimizer=opt,
-                         callbacks=callbacks, use_default_callbacks=defaults, device="cpu")
+                         callbacks=callbacks, use_default_callbacks=defaults, device="cpu",
+                         strict=strict)
     return lambda: learner.fit(1)
 
 
 def fluxpy_minimal(w: Workload) -> Callable[[], None]:
     return _fluxpy(w, [fp.Recorder(), fp.Metrics()], defaults=False)
+
+
+def fluxpy_minimal_strict(w: Workload) -> Callable[[], None]:
+    """Strict mode (what `fluxpy.testing` turns on): every handler's reads compared after it."""
+    return _fluxpy(w, [fp.Recorder(), fp.Metrics()], defaults=False, strict=True)
 
 
 def _defaults_learner(w: Workload, extra: int = 0) -> fp.Learner:
@@ -246,6 +253,7 @@ VARIANTS = (
     Variant(BASELINE, raw_item),
     Variant("raw (loss kept on device)", raw_device),
     Variant("fluxpy: Recorder + Metrics", fluxpy_minimal),
+    Variant("fluxpy: Recorder + Metrics, strict mode", fluxpy_minimal_strict),
     Variant("fluxpy: defaults, no progress bar", fluxpy_defaults),
     Variant("fluxpy: defaults + 20 EpochEnd-only", fluxpy_defaults_20),
     Variant("ignite", ignite, needs="ignite"),
@@ -481,6 +489,8 @@ def to_json(res: Results) -> dict:
     st = res.steps
     return {
         "sizes": {s: list(d) for s, d in SIZES.items()},
+        "baseline": BASELINE,
+        "steps_per_fit": N_TRAIN + N_VALID,
         "rows": [{"size": r.size, "variant": r.variant, "cpu_seconds": r.seconds,
                   "ratio": r.cpu.median, "low": r.cpu.low, "high": r.cpu.high,
                   "wall_ratio": r.wall.median, "rounds": r.rounds} for r in res.rows],
