@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 import fluxpy as fp
-from fluxpy.loop import STEP_END
-from fluxpy.state import Batch
+from fluxpy.core.state import Batch
+from fluxpy.engine.loop import STEP_END
 from fluxpy.testing import test_learner
 
 RESULTS = Path(__file__).parent / "results" / "dispatch.md"

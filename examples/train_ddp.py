@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import fluxpy as fp
-from fluxpy import distributed
+from fluxpy.support import distributed
 
 
 def dataset(n: int, seed: int) -> TensorDataset:

@@ -1,19 +1,6 @@
 """fluxpy: a PyTorch training loop built on multiple dispatch, declared state access and a
 callback dependency graph."""
 
-from .access import Access, Read, Write
-from .callback import (
-    Callback,
-    NoConflict,
-    NotDefined,
-    RunFirst,
-    Unresolvable,
-    UnsafeCallback,
-    on,
-    resolveconflict,
-    runafter,
-    stateaccess,
-)
 from .callbacks import (
     ActivationStats,
     Checkpointer,
@@ -47,10 +34,20 @@ from .callbacks import (
     fit_one_cycle,
     throttle,
 )
-from .checkpoint import load_checkpoint, save_checkpoint
-from .checkpoint_encoding import register_checkpoint_class
-from .distributed import RankZeroOnly, init_distributed, is_rank_zero, rank_zero_only
-from .errors import (
+from .core.access import Access, Read, Write
+from .core.callback import (
+    Callback,
+    NoConflict,
+    NotDefined,
+    RunFirst,
+    Unresolvable,
+    UnsafeCallback,
+    on,
+    resolveconflict,
+    runafter,
+    stateaccess,
+)
+from .core.errors import (
     AmbiguousHandlerError,
     BadBatchError,
     BadLossError,
@@ -67,7 +64,7 @@ from .errors import (
     UnresolvableConflictError,
     WriteConflictError,
 )
-from .events import (
+from .core.events import (
     BackwardBegin,
     BackwardEnd,
     BatchBegin,
@@ -81,21 +78,24 @@ from .events import (
     StepBegin,
     StepEnd,
 )
-from .executors import Executor, Handler, SerialExecutor, ThreadedExecutor
-from .explain import Explanation, explain
-from .graph import CallbackGraph, build_graph
-from .learner import FitResult, Learner
-from .loop import epoch, run_epoch, run_step, step, update_parameters
-from .lrfind import LRFindResult, lr_find
-from .phases import (
+from .core.graph import CallbackGraph, build_graph
+from .core.phases import (
     AbstractTrainingPhase,
     AbstractValidationPhase,
     Phase,
     TrainingPhase,
     ValidationPhase,
 )
+from .engine.executors import Executor, Handler, SerialExecutor, ThreadedExecutor
+from .engine.loop import epoch, run_epoch, run_step, step, update_parameters
+from .explain import Explanation, explain
+from .learner import FitResult, Learner
+from .lrfind import LRFindResult, lr_find
 from .plots import plot_history
-from .schedules import concat, cosine, linear, one_cycle, warmup
+from .support.checkpoint import load_checkpoint, save_checkpoint
+from .support.checkpoint_encoding import register_checkpoint_class
+from .support.distributed import RankZeroOnly, init_distributed, is_rank_zero, rank_zero_only
+from .support.schedules import concat, cosine, linear, one_cycle, warmup
 
 __version__ = "0.1.0"
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
-from .callback import Callback
-from .errors import CallbackDeclarationError
+from .core.callback import Callback
+from .core.errors import CallbackDeclarationError
 
-__all__ = ["flatten_callbacks", "make_optimizer", "missing_defaults", "resolve_device"]
+__all__ = ["flatten_callbacks", "make_optimizer", "missing_defaults"]
 
 
 def flatten_callbacks(roots: Iterable[Callback]) -> tuple[list[Callback], dict[int, Callback]]:
@@ -74,28 +74,6 @@ def missing_defaults(given: list[Callback]) -> list[Callback]:
     present = flatten_callbacks(given)[0]
     return [kind() for kind in (Recorder, Metrics, ProgressPrinter, MetricsPrinter, StopOnNaNLoss)
             if not any(isinstance(c, kind) for c in present)]
-
-
-def resolve_device(device: Any) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device={device!r} is not a device torch knows: {exc}") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} asks for CUDA, but CUDA is not available here; "
-                             "use device='cpu' or leave device=None to pick automatically.")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device={device!r}: there are only {torch.cuda.device_count()} "
-                             "CUDA devices.")
-    else:  # mps, xpu, ...: the backends torch knows say whether they are there
-        available = getattr(getattr(torch, dev.type, None), "is_available", None)
-        if callable(available) and not available():
-            raise ValueError(f"device={device!r} asks for {dev.type}, which is not available "
-                             "here; use device='cpu' or leave device=None to pick automatically.")
-    return dev
 
 
 def make_optimizer(optimizer: Any, model: torch.nn.Module) -> torch.optim.Optimizer:

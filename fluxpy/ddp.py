@@ -13,7 +13,7 @@ user. Then:
   `learner.model.module` the plain model. Checkpoints hold the plain model's state, so they
   load in one process and under DDP alike. The optimizer is kept: DDP trains the same
   parameter objects.
-- At each `fit` the data are sharded (`fluxpy.sharding`): DataLoaders are rebuilt with a
+- At each `fit` the data are sharded (`fluxpy.support.sharding`): DataLoaders are rebuilt with a
   `DistributedSampler` for training and an unpadded sampler for validation, lists of batches
   are split; the sharded data replace `learner.data`. Before each epoch the sampler's
   `set_epoch` gets the number of epochs that phase has completed (from the `Recorder`, whose
@@ -57,7 +57,12 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from .distributed import (
+from .core.errors import CancelFitException
+from .core.phases import AbstractTrainingPhase, Phase
+from .core.state import Data
+from .engine.executors import Executor
+from .engine.loop import epoch
+from .support.distributed import (
     all_gather_object,
     all_reduce_sum,
     broadcast_int,
@@ -67,12 +72,7 @@ from .distributed import (
     rank,
     world_size,
 )
-from .errors import CancelFitException
-from .executors import Executor
-from .loop import epoch
-from .phases import AbstractTrainingPhase, Phase
-from .sharding import shard
-from .state import Data
+from .support.sharding import shard
 
 __all__ = ["DistributedTraining"]
 

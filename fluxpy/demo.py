@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from .callbacks import Metrics, MetricsPrinter, ProgressPrinter
+from .core.phases import TrainingPhase, ValidationPhase
 from .explain import explain
 from .learner import Learner
-from .phases import TrainingPhase, ValidationPhase
 
 __all__ = ["accuracy", "run_demo", "spirals"]
 

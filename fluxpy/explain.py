@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .access import render_path
-from .callback import UnsafeCallback, on
-from .events import BUILTIN_EVENTS, TRAINING_EVENTS, VALIDATION_EVENTS, Event, FitBegin, FitEnd
-from .graph import DECLARED, GIVEN_ORDER, STATE, CallbackGraph
-from .phases import AbstractTrainingPhase, Phase, TrainingPhase, ValidationPhase
+from .core.access import render_path
+from .core.callback import UnsafeCallback, on
+from .core.events import BUILTIN_EVENTS, TRAINING_EVENTS, VALIDATION_EVENTS, Event, FitBegin, FitEnd
+from .core.graph import DECLARED, GIVEN_ORDER, STATE, CallbackGraph
+from .core.phases import AbstractTrainingPhase, Phase, TrainingPhase, ValidationPhase
 
 __all__ = ["Explanation", "explain"]
 

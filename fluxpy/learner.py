@@ -28,25 +28,36 @@ import attrs
 import plum
 import torch
 
-from .arguments import flatten_callbacks, make_optimizer, missing_defaults, resolve_device
-from .callback import Callback, UnsafeCallback, on, resolveconflict, runafter, stateaccess
-from .ddp import DistributedTraining
-from .distributed import runs_on_this_rank
-from .errors import (
+from .arguments import flatten_callbacks, make_optimizer, missing_defaults
+from .core.callback import (
+    Callback,
+    UnsafeCallback,
+    handler_of,
+    on,
+    resolveconflict,
+    runafter,
+    stateaccess,
+)
+from .core.errors import (
     AmbiguousHandlerError,
     CallbackGraphError,
     CancelEpochException,
     CancelFitException,
 )
-from .events import (
+from .core.events import (
     BUILTIN_EVENTS,
     Event,
     FitBegin,
     FitEnd,
 )
-from .executors import Executor, Handler, SerialExecutor
-from .graph import CallbackGraph, build_graph
-from .loop import (
+from .core.graph import CallbackGraph, build_graph
+from .core.phases import Phase, TrainingPhase, ValidationPhase
+from .core.protect import protect
+from .core.state import Batch, Data, State, as_data
+from .core.strict import checked
+from .ddp import DistributedTraining
+from .engine.executors import Executor, Handler, SerialExecutor
+from .engine.loop import (
     BACKWARD_BEGIN,
     BACKWARD_END,
     EPOCH_BEGIN,
@@ -58,10 +69,8 @@ from .loop import (
     VALIDATION_STEP_EVENTS,
     epoch,
 )
-from .phases import Phase, TrainingPhase, ValidationPhase
-from .protect import protect
-from .state import Batch, Data, State, as_data
-from .strict import checked
+from .support.devices import resolve_device
+from .support.distributed import runs_on_this_rank
 
 __all__ = ["FitResult", "Learner"]
 
@@ -116,7 +125,7 @@ class Learner:
             is the DDP wrapper (`learner.model.module` the plain model) and `learner.ddp` is
             set (else `None`).
         strict: check that no handler changes, in place, a tensor, module or optimizer its
-            callback may only read (see `fluxpy.strict`); a change is an `fp.ProtectedError`
+            callback may only read (see `fluxpy.core.strict`); a change is an `fp.ProtectedError`
             naming the callback, the handler and the path. Costs a copy of what each handler
             reads, so it is meant for tests (`fluxpy.testing.test_learner` turns it on).
     """
@@ -487,7 +496,7 @@ def _short(callback: Callback | type) -> str:
 
 def _method(event: type, phase: type, cb: Callback):
     try:
-        return on.which(event, phase, type(cb), Learner)
+        return handler_of(event, phase, type(cb))
     except plum.AmbiguousLookupError as exc:
         raise AmbiguousHandlerError(event, phase, cb, [_describe(m) for m in exc.methods]) from None
 

@@ -6,7 +6,7 @@
 
 The sweep is a short `fit` of one training phase over the training batches (cycled if there
 are fewer than `n_steps`), so it runs the learner's own step and loss, and a custom phase's
-step when one is given. The learning rate follows `fp.schedules.exponential` through a
+step when one is given. The learning rate follows `fluxpy.support.schedules.Exponential` through a
 `Scheduler` of its own, and an `LRSweep` callback reads the loss at each `StepEnd`. Of the
 learner's callbacks it runs those that change the computation: the ones that write learner
 state outside `cbstate` (`ToDevice`, mixed precision, gradient clipping, MixUp, a user's loss
@@ -37,14 +37,14 @@ import attrs
 import numpy as np
 import torch
 
-from .access import Access, Read
-from .callback import Callback, on, stateaccess
 from .callbacks.scheduler import LearningRate, Scheduler
-from .errors import CallbackGraphError, CancelFitException
-from .events import StepEnd
-from .phases import Phase, TrainingPhase
-from .plots import new_figure, save_figure
-from .schedules import Exponential
+from .core.access import Access, Read
+from .core.callback import Callback, on, stateaccess
+from .core.errors import CallbackGraphError, CancelFitException
+from .core.events import StepEnd
+from .core.phases import Phase, TrainingPhase
+from .support.figures import new_figure, save_figure
+from .support.schedules import Exponential
 
 __all__ = ["LRFindResult", "lr_find"]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .callback import Callback
+from .core.callback import Callback
 from .learner import Learner
 
 __all__ = ["CoeffModel", "test_batches", "test_learner"]

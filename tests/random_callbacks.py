@@ -18,7 +18,7 @@ import attrs
 from hypothesis import strategies as st
 
 import fluxpy as fp
-from fluxpy.access import overlaps
+from fluxpy.core.access import overlaps
 
 PATHS = [
     ("batch",), ("batch", "loss"), ("batch", "preds"), ("model",),

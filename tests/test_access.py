@@ -4,7 +4,7 @@ import attrs
 import pytest
 
 import fluxpy as fp
-from fluxpy.access import overlaps
+from fluxpy.core.access import overlaps
 
 
 def test_write_implies_read():

@@ -13,8 +13,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import fluxpy as fp
-from fluxpy.checkpoint import checkpoint_digest
-from fluxpy.checkpoint_encoding import decode, encode
+import fluxpy.support.checkpoint
+from fluxpy.support.checkpoint import checkpoint_digest
+from fluxpy.support.checkpoint_encoding import decode, encode
 from fluxpy.testing import test_learner
 
 # -- a learner whose training draws on every random source ------------------------------------
@@ -146,7 +147,7 @@ def test_a_checkpoint_holds_format_model_optimizer_callbacks_cbstate_and_rng(tmp
     state = torch.load(path, weights_only=True)
     assert sorted(state) == ["callbacks", "cbstate", "digest", "format", "model", "optimizer",
                              "optimizer_class", "rng", "scaler", "version"]
-    assert (state["format"], state["version"]) == ("fluxpy.checkpoint", 2)
+    assert (state["format"], state["version"]) == ("fluxpy.support.checkpoint", 2)
     assert state["optimizer_class"] == "torch.optim.adamw.AdamW"
     assert state["digest"] == checkpoint_digest(state) and len(state["digest"]) == 64
     assert list(state["model"]) == ["0.weight", "0.bias", "3.weight", "3.bias"]
@@ -165,7 +166,7 @@ def test_cbstate_keyed_by_phases_is_stored_as_tagged_plain_values(tmp_path):
     learner.fit(1)
     state = torch.load(fp.save_checkpoint(learner, tmp_path / "c.pt"), weights_only=True)
     key, history = state["cbstate"]["history"]["items"][0]
-    assert key == {"__fluxpy__": "attrs", "class": "fluxpy.phases.TrainingPhase", "fields": {}}
+    assert key == {"__fluxpy__": "attrs", "class": "fluxpy.core.phases.TrainingPhase", "fields": {}}
     assert history["class"] == "fluxpy.callbacks.recorder.History"
     assert (history["fields"]["epochs"], history["fields"]["steps"]) == (1, 16)
 
@@ -186,7 +187,7 @@ def test_encoding_round_trips_phases_attrs_values_namespaces_arrays_and_containe
     value = {
         fp.TrainingPhase(): [1, 2.5, None, "s", b"b", (True, 3)],
         LocalPhase(): {"point": Point(1, 2.0), "set": {1, 2}},
-        "ns": fp.state.State(a=1),
+        "ns": fluxpy.core.state.State(a=1),
         "array": np.arange(3, dtype=np.int32),
         "scalar": np.float32(1.5),
         "__fluxpy__": "a user key that looks like the tag",
@@ -304,7 +305,7 @@ def test_a_torch_file_without_the_format_marker_is_not_a_checkpoint(tmp_path):
 
 def test_a_torch_file_with_pickled_objects_is_not_a_checkpoint(tmp_path):
     path = tmp_path / "pickled.pt"
-    torch.save({"format": "fluxpy.checkpoint", "point": Point(1, 2.0)}, path)
+    torch.save({"format": "fluxpy.support.checkpoint", "point": Point(1, 2.0)}, path)
     _load_fails(path, "holds pickled Python objects")
 
 
@@ -422,6 +423,31 @@ def test_a_file_of_format_version_1_without_a_digest_loads_with_a_warning(saved)
                                          "its bytes are unchanged cannot be checked"):
         fp.load_checkpoint(learner, saved)
     assert torch.equal(learner.model.coeff, state["model"]["coeff"])
+
+
+def test_a_version_1_file_naming_phases_where_they_used_to_live_loads(tmp_path):
+    learner = test_learner(fp.Recorder())
+    learner.fit(1)
+    path = fp.save_checkpoint(learner, tmp_path / "c.pt")
+    state = torch.load(path, weights_only=True)
+
+    def earlier(value):  # how a version 1 file names the phases: fluxpy.phases.<Phase>
+        if isinstance(value, dict):
+            return {k: earlier(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(earlier(v) for v in value)
+        if isinstance(value, str) and value.startswith("fluxpy.core.phases."):
+            return value.replace("fluxpy.core.phases.", "fluxpy.phases.")
+        return value
+
+    state = earlier(state)
+    del state["digest"], state["optimizer_class"]
+    state["version"] = 1
+    torch.save(state, path)
+    resumed = test_learner(fp.Recorder(), seed=1)
+    with pytest.warns(UserWarning, match="written by an earlier fluxpy"):
+        fp.load_checkpoint(resumed, path)
+    assert resumed.cbstate.history[fp.TrainingPhase()].epochs == 1
 
 
 def test_a_file_of_format_version_2_without_a_digest_is_an_error(saved):

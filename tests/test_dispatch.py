@@ -11,7 +11,7 @@ import attrs
 import pytest
 
 import fluxpy as fp
-from fluxpy.dispatch import GenericFunction
+from fluxpy.core.dispatch import GenericFunction
 from fluxpy.testing import test_learner
 
 

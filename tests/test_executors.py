@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from random_callbacks import RESOLVABLE, RandomCallback, declared, scenarios
 
 import fluxpy as fp
-from fluxpy.access import overlaps
+from fluxpy.core.access import overlaps
 from fluxpy.testing import test_learner
 
 W, R = fp.Write(), fp.Read()

@@ -11,14 +11,14 @@ import collections
 import pytest
 
 import fluxpy as fp
-import fluxpy.callback
+import fluxpy.core.callback
 from fluxpy.testing import test_learner
 
 N_BATCHES = 4
 
 
 def _counting_fallback(event, phase, callback, learner):
-    # Runs as the code of `fp.on`'s fallback, so it sees fluxpy.callback's globals.
+    # Runs as the code of `fp.on`'s fallback, so it sees fluxpy.core.callback's globals.
     _FALLBACK_CALLS.append(type(callback).__name__)  # noqa: F821
 
 
@@ -26,7 +26,7 @@ def _counting_fallback(event, phase, callback, learner):
 def fallback_calls(monkeypatch):
     """The names of the callbacks the no-op fallback of `fp.on` was called for."""
     calls = []
-    monkeypatch.setattr(fluxpy.callback, "_FALLBACK_CALLS", calls, raising=False)
+    monkeypatch.setattr(fluxpy.core.callback, "_FALLBACK_CALLS", calls, raising=False)
     monkeypatch.setattr(fp.on.fallback, "__code__", _counting_fallback.__code__)
     return calls
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import fluxpy as fp
-from fluxpy.protect import ProtectedObject, ReadOnlyMapping, ReadOnlyObject, ReadOnlySequence
-from fluxpy.state import Batch
+from fluxpy.core.protect import ProtectedObject, ReadOnlyMapping, ReadOnlyObject, ReadOnlySequence
+from fluxpy.core.state import Batch
 from fluxpy.testing import test_learner
 
 
@@ -430,7 +430,7 @@ def test_a_denied_write_into_a_container_suggests_the_attribute_to_grant():
 
 
 def test_leaf_getters_are_compiled_only_for_attribute_paths():
-    from fluxpy.protect import _leaf_getter
+    from fluxpy.core.protect import _leaf_getter
 
     with pytest.raises(ValueError, match=r"'batch\.a b' is not a valid attribute path"):
         _leaf_getter("batch.a b", owner=None, root=None, write=False)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fluxpy as fp
-from fluxpy.state import Batch
+from fluxpy.core.state import Batch
 
 
 def test_batch_keeps_keywords_and_new_attributes_in_vars():

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from random_callbacks import PATHS, RESOLVABLE, RandomCallback, declared, scenarios
 
 import fluxpy as fp
-from fluxpy.access import overlaps
+from fluxpy.core.access import overlaps
 from fluxpy.testing import test_learner
 
 R, W = fp.Read(), fp.Write()

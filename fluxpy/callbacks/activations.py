@@ -30,10 +30,10 @@ from typing import Any
 import attrs
 import torch
 
-from ..access import Access, Read
-from ..callback import Callback, on, stateaccess
-from ..events import EpochEnd, FitBegin, FitEnd, StepBegin, StepEnd
-from ..phases import AbstractTrainingPhase, Phase
+from ..core.access import Access, Read
+from ..core.callback import Callback, on, stateaccess
+from ..core.events import EpochEnd, FitBegin, FitEnd, StepBegin, StepEnd
+from ..core.phases import AbstractTrainingPhase, Phase
 
 __all__ = ["ActivationStats"]
 
@@ -119,7 +119,7 @@ class ActivationStats(Callback):
 
     def plot(self, path: str | os.PathLike | None = None) -> Any:
         """Mean, std and near-zero share over the recorded steps, one line per layer."""
-        from ..plots import new_figure, save_figure
+        from ..support.figures import new_figure, save_figure
 
         fig, axes = new_figure(1, 3, width=4.5)
         table = self._table()
@@ -136,7 +136,7 @@ class ActivationStats(Callback):
     def plot_histograms(self, path: str | os.PathLike | None = None) -> Any:
         """Per layer, the histogram of each recorded step as a column (`log(1 + count)`),
         steps left to right, values bottom to top."""
-        from ..plots import new_figure, save_figure
+        from ..support.figures import new_figure, save_figure
 
         hists = self.histograms
         fig, axes = new_figure(1, max(1, len(self.layers)), width=4.0, squeeze=False)

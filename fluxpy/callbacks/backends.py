@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import replaced_atomically
+from ..support.checkpoint import replaced_atomically
 
 __all__ = ["CSVBackend", "LogBackend", "TensorBoardBackend"]
 

@@ -11,7 +11,7 @@ Checkpointer runs after every other callback, so their state is final, and nothi
 between it and the next epoch, so the saved random states are the ones the next epoch's
 shuffling and dropout draw from. Files are named `epoch-NNNN.pt` after the number of epochs
 completed over all `fit` calls (resumed runs continue the count). What a file holds, and how
-it is written atomically, is described in `fluxpy.checkpoint`.
+it is written atomically, is described in `fluxpy.support.checkpoint`.
 
 When `fit` stops. Whatever ends `fit` (its last epoch, `CancelFitException`, an error, Ctrl-C),
 if the last completed epoch was not saved (with `every` > 1) it is written at `FitEnd`, from a
@@ -45,13 +45,13 @@ from typing import Any
 import attrs
 import torch
 
-from ..access import Access, Read
-from ..callback import Callback, UnsafeCallback, on, runafter, stateaccess
-from ..checkpoint import checkpoint_files, checkpoint_state, write_checkpoint
-from ..distributed import on_rank_zero
-from ..errors import CheckpointError
-from ..events import EpochEnd, FitBegin, FitEnd
-from ..phases import Phase, ValidationPhase
+from ..core.access import Access, Read
+from ..core.callback import Callback, UnsafeCallback, on, runafter, stateaccess
+from ..core.errors import CheckpointError
+from ..core.events import EpochEnd, FitBegin, FitEnd
+from ..core.phases import Phase, ValidationPhase
+from ..support.checkpoint import checkpoint_files, checkpoint_state, write_checkpoint
+from ..support.distributed import on_rank_zero
 
 __all__ = ["Checkpointer"]
 

@@ -14,16 +14,17 @@ from typing import Any
 
 import attrs
 
-from ..callback import (
+from ..core.callback import (
     Callback,
     RunFirst,
+    handler_of,
     on,
     resolveconflict,
     runafter,
     stateaccess,
 )
-from ..events import Event
-from ..phases import Phase
+from ..core.events import Event
+from ..core.phases import Phase
 
 __all__ = ["ConditionalCallback", "Throttle", "throttle"]
 
@@ -96,9 +97,7 @@ def throttle(callback: Callback, event: type, every: int | None = None,
 
 @on.dispatch
 def _conditional_on(event: Event, phase: Phase, cb: ConditionalCallback, learner):
-    from ..learner import Learner  # the type handlers are resolved for
-
-    method = on.which(type(event), type(phase), type(cb.callback), Learner)
+    method = handler_of(type(event), type(phase), type(cb.callback))
     if method is not None and cb.condition(event, phase):
         method(event, phase, cb.callback, learner)
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import attrs
 
-from ..access import Access
-from ..callback import Callback, on, stateaccess
-from ..events import Event
-from ..phases import Phase
+from ..core.access import Access
+from ..core.callback import Callback, on, stateaccess
+from ..core.events import Event
+from ..core.phases import Phase
 
 __all__ = ["CustomCallback"]
 

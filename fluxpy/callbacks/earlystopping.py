@@ -16,11 +16,11 @@ import math
 
 import attrs
 
-from ..access import Access, Read
-from ..callback import Callback, on, runafter, stateaccess
-from ..errors import CancelFitException
-from ..events import EpochEnd
-from ..phases import Phase, ValidationPhase
+from ..core.access import Access, Read
+from ..core.callback import Callback, on, runafter, stateaccess
+from ..core.errors import CancelFitException
+from ..core.events import EpochEnd
+from ..core.phases import Phase, ValidationPhase
 from .logging import LogMetrics
 from .printer import MetricsPrinter
 from .recorder import Recorder

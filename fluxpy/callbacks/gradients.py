@@ -25,12 +25,12 @@ from __future__ import annotations
 import attrs
 import torch
 
-from ..access import Access, Read, Write
-from ..callback import Callback, RunFirst, on, resolveconflict, stateaccess
-from ..distributed import set_gradient_sync, sync_pending_gradients
-from ..events import BackwardBegin, BackwardEnd, EpochBegin, EpochEnd, StepBegin
-from ..loop import update_parameters
-from ..phases import AbstractTrainingPhase
+from ..core.access import Access, Read, Write
+from ..core.callback import Callback, RunFirst, on, resolveconflict, stateaccess
+from ..core.events import BackwardBegin, BackwardEnd, EpochBegin, EpochEnd, StepBegin
+from ..core.phases import AbstractTrainingPhase
+from ..engine.loop import update_parameters
+from ..support.distributed import set_gradient_sync, sync_pending_gradients
 from .nan import StopOnNaNLoss
 from .todevice import ToDevice
 

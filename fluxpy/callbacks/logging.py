@@ -33,11 +33,11 @@ from typing import Any
 import attrs
 import torch
 
-from ..access import Access, Read
-from ..callback import Callback, on, stateaccess
-from ..distributed import is_rank_zero
-from ..events import EpochEnd, FitBegin, FitEnd, StepEnd
-from ..phases import AbstractTrainingPhase, Phase
+from ..core.access import Access, Read
+from ..core.callback import Callback, on, stateaccess
+from ..core.events import EpochEnd, FitBegin, FitEnd, StepEnd
+from ..core.phases import AbstractTrainingPhase, Phase
+from ..support.distributed import is_rank_zero
 from .backends import LogBackend
 
 __all__ = ["LogHistograms", "LogHyperParams", "LogMetrics"]

@@ -23,12 +23,12 @@ from typing import Any
 import attrs
 import torch
 
-from ..access import Access, Read, Write
-from ..callback import Callback, on, stateaccess
-from ..distributed import all_reduce_sum, is_distributed
-from ..events import EpochBegin, EpochEnd, FitBegin, StepEnd
-from ..graph import STATE_PRODUCERS
-from ..phases import Phase
+from ..core.access import Access, Read, Write
+from ..core.callback import Callback, on, stateaccess
+from ..core.events import EpochBegin, EpochEnd, FitBegin, StepEnd
+from ..core.graph import STATE_PRODUCERS
+from ..core.phases import Phase
+from ..support.distributed import all_reduce_sum, is_distributed
 
 __all__ = ["Metric", "Metrics"]
 

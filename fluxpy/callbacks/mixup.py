@@ -31,10 +31,10 @@ from __future__ import annotations
 import attrs
 import torch
 
-from ..access import Access, Read, Write
-from ..callback import Callback, RunFirst, on, resolveconflict, stateaccess
-from ..events import BackwardBegin, StepBegin
-from ..phases import AbstractTrainingPhase
+from ..core.access import Access, Read, Write
+from ..core.callback import Callback, RunFirst, on, resolveconflict, stateaccess
+from ..core.events import BackwardBegin, StepBegin
+from ..core.phases import AbstractTrainingPhase
 from .gradients import GradientAccumulation
 from .precision import MixedPrecision
 from .todevice import ToDevice

@@ -20,11 +20,11 @@ import math
 import attrs
 import torch
 
-from ..access import Access, Read
-from ..callback import Callback, on, stateaccess
-from ..errors import CancelFitException
-from ..events import BackwardBegin, EpochBegin, EpochEnd, StepEnd
-from ..phases import AbstractTrainingPhase, AbstractValidationPhase, Phase
+from ..core.access import Access, Read
+from ..core.callback import Callback, on, stateaccess
+from ..core.errors import CancelFitException
+from ..core.events import BackwardBegin, EpochBegin, EpochEnd, StepEnd
+from ..core.phases import AbstractTrainingPhase, AbstractValidationPhase, Phase
 
 __all__ = ["StopOnNaNLoss"]
 

@@ -33,10 +33,18 @@ from typing import Any
 import attrs
 import torch
 
-from ..access import Access, Read, Write
-from ..callback import Callback, RunFirst, on, resolveconflict, stateaccess
-from ..events import BackwardBegin, BackwardEnd, EpochBegin, EpochEnd, FitBegin, FitEnd, StepEnd
-from ..phases import AbstractTrainingPhase, Phase
+from ..core.access import Access, Read, Write
+from ..core.callback import Callback, RunFirst, on, resolveconflict, stateaccess
+from ..core.events import (
+    BackwardBegin,
+    BackwardEnd,
+    EpochBegin,
+    EpochEnd,
+    FitBegin,
+    FitEnd,
+    StepEnd,
+)
+from ..core.phases import AbstractTrainingPhase, Phase
 from .gradients import GradientAccumulation, GradientClipping, gradients_pending
 from .nan import StopOnNaNLoss
 from .todevice import ToDevice

@@ -9,11 +9,11 @@ from typing import Any
 import attrs
 from tqdm.auto import tqdm
 
-from ..access import Access, Read
-from ..callback import Callback, on, stateaccess
-from ..distributed import RankZeroOnly
-from ..events import EpochBegin, EpochEnd, FitBegin, FitEnd
-from ..phases import Phase
+from ..core.access import Access, Read
+from ..core.callback import Callback, on, stateaccess
+from ..core.events import EpochBegin, EpochEnd, FitBegin, FitEnd
+from ..core.phases import Phase
+from ..support.distributed import RankZeroOnly
 
 __all__ = ["MetricsPrinter"]
 

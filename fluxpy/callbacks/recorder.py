@@ -6,11 +6,11 @@ import time
 
 import attrs
 
-from ..access import Access, Write
-from ..callback import Callback, on, stateaccess
-from ..events import EpochBegin, EpochEnd, StepEnd
-from ..graph import STATE_PRODUCERS
-from ..phases import Phase
+from ..core.access import Access, Write
+from ..core.callback import Callback, on, stateaccess
+from ..core.events import EpochBegin, EpochEnd, StepEnd
+from ..core.graph import STATE_PRODUCERS
+from ..core.phases import Phase
 
 __all__ = ["Histories", "History", "Recorder"]
 

@@ -31,12 +31,12 @@ import attrs
 import numpy as np
 import torch
 
-from ..access import Access, Read, Write
-from ..callback import Callback, NoConflict, RunFirst, on, resolveconflict, stateaccess
-from ..errors import SanityCheckError
-from ..events import FitBegin
-from ..phases import Phase
-from ..protect import ReadOnlySequence
+from ..core.access import Access, Read, Write
+from ..core.callback import Callback, NoConflict, RunFirst, on, resolveconflict, stateaccess
+from ..core.errors import SanityCheckError
+from ..core.events import FitBegin
+from ..core.phases import Phase
+from ..core.protect import ReadOnlySequence
 from .gradients import GradientAccumulation, GradientClipping
 from .precision import MixedPrecision
 from .todevice import ToDevice, to_device

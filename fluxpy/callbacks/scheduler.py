@@ -7,8 +7,8 @@ A hyperparameter is a `HyperParameter` subclass that says how to set a value on 
 (`set`) and what that touches (`stateaccess`). The built-in ones write
 `optimizer.param_groups`, which every torch optimizer reads at each `step()`, so schedules take
 effect whatever the optimizer is. A schedule is any callable `training step (from 0) -> value`
-(see `fluxpy.schedules`). Per-group values: give a list of schedules (one per parameter group),
-or a schedule that returns a list.
+(see `fluxpy.support.schedules`). Per-group values: give a list of schedules (one per
+parameter group), or a schedule that returns a list.
 
 The scheduler's position (training steps started) is its state: `state_dict()` /
 `load_state_dict()` carry it through a checkpoint, so a resumed run continues the schedule.
@@ -22,10 +22,10 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from ..access import Access, Write
-from ..callback import Callback, NoConflict, Unresolvable, on, resolveconflict, stateaccess
-from ..events import StepBegin
-from ..phases import AbstractTrainingPhase
+from ..core.access import Access, Write
+from ..core.callback import Callback, NoConflict, Unresolvable, on, resolveconflict, stateaccess
+from ..core.events import StepBegin
+from ..core.phases import AbstractTrainingPhase
 from .gradients import GradientAccumulation
 from .todevice import ToDevice
 
@@ -245,7 +245,7 @@ def fit_one_cycle(learner: Any, n_epochs: int, max_lr: float | Sequence[float], 
     for a schedule that a checkpoint can resume, add `fp.Scheduler({fp.LearningRate:
     fp.one_cycle(...)})` to the learner yourself. Returns the `FitResult`.
     """
-    from ..schedules import one_cycle
+    from ..support.schedules import one_cycle
 
     if any(isinstance(cb, Scheduler) and LearningRate in cb.schedules
            for cb in learner.callbacks):

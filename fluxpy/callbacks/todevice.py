@@ -20,18 +20,17 @@ from typing import Any
 import attrs
 import torch
 
-from ..access import Access, Write
-from ..callback import Callback, on, stateaccess
-from ..events import FitBegin, StepBegin
-from ..phases import Phase
+from ..core.access import Access, Write
+from ..core.callback import Callback, on, stateaccess
+from ..core.events import FitBegin, StepBegin
+from ..core.phases import Phase
+from ..support.devices import resolve_device
 
 __all__ = ["ToDevice", "to_device"]
 
 
 def _checked_device(device: Any) -> torch.device:
-    from ..arguments import resolve_device  # the check of Learner(device=...)
-
-    return resolve_device(device)
+    return resolve_device(device)  # the check of Learner(device=...)
 
 
 @attrs.define

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fluxpy as fp
-import fluxpy.distributed
+import fluxpy.support.distributed
 from fluxpy.testing import test_learner
 
 
@@ -191,9 +191,10 @@ def test_bad_options_are_errors_at_construction(tmp_path, options, match):
 def test_under_torch_distributed_only_rank_zero_writes_and_every_rank_waits(
         tmp_path, monkeypatch, rank, written):
     waits = []
-    monkeypatch.setattr(fluxpy.distributed, "is_distributed", lambda: True)
-    monkeypatch.setattr(fluxpy.distributed, "is_rank_zero", lambda: rank == 0)
-    monkeypatch.setattr(fluxpy.distributed, "barrier", lambda: waits.append(names(tmp_path)))
+    monkeypatch.setattr(fluxpy.support.distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(fluxpy.support.distributed, "is_rank_zero", lambda: rank == 0)
+    monkeypatch.setattr(fluxpy.support.distributed, "barrier",
+                        lambda: waits.append(names(tmp_path)))
     checkpoint_learner(tmp_path).fit(1)
     assert names(tmp_path) == written
     assert waits == [written]  # the barrier comes after rank 0's write
@@ -213,4 +214,4 @@ def test_checkpoint_files_get_the_mode_the_umask_gives_new_files(tmp_path, umask
 def test_a_checkpointers_file_holds_a_digest_that_load_verifies(tmp_path):
     checkpoint_learner(tmp_path).fit(1)
     state = torch.load(tmp_path / "epoch-0001.pt", weights_only=True)
-    assert state["digest"] == fp.checkpoint.checkpoint_digest(state)
+    assert state["digest"] == fluxpy.support.checkpoint.checkpoint_digest(state)

@@ -20,6 +20,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.utils.data import DataLoader, TensorDataset
 
 import fluxpy as fp
+import fluxpy.support.distributed
 
 OUT = Path(sys.argv[1]) if __name__ == "__main__" else Path()
 RANK = int(os.environ.get("RANK", 0))
@@ -87,7 +88,7 @@ class EpochLog(fp.RankZeroOnly, fp.Callback):
 @fp.on.dispatch
 def _log_epoch(event: fp.EpochEnd, phase: fp.TrainingPhase, cb: EpochLog, learner):
     with open(cb.path, "a") as f:
-        f.write(f"rank {fp.distributed.rank()}\n")
+        f.write(f"rank {fluxpy.support.distributed.rank()}\n")
 
 
 @attrs.define
@@ -101,7 +102,7 @@ class StopOnRankOne(fp.Callback):
 @fp.on.dispatch
 def _stop_step_end(event: fp.StepEnd, phase: fp.TrainingPhase, cb: StopOnRankOne, learner):
     cb.steps += 1
-    if cb.steps == cb.at and fp.distributed.rank() == 1:
+    if cb.steps == cb.at and fluxpy.support.distributed.rank() == 1:
         raise fp.CancelFitException("rank 1 asked to stop")
 
 

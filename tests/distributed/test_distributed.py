@@ -10,8 +10,8 @@ import torch.utils.data as tud
 from torch.nn.parallel import DistributedDataParallel
 
 import fluxpy as fp
-from fluxpy import distributed
-from fluxpy.sharding import UnpaddedDistributedSampler, shard
+from fluxpy.support import distributed
+from fluxpy.support.sharding import UnpaddedDistributedSampler, shard
 from fluxpy.testing import test_learner
 
 TORCHRUN = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}

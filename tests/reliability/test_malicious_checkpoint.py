@@ -14,7 +14,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import fluxpy as fp
-from fluxpy.checkpoint import checkpoint_digest, rng_state
+import fluxpy.support.checkpoint
+from fluxpy.support.checkpoint import checkpoint_digest, rng_state
 
 # -- the learner under attack, and what "unchanged" means -----------------------------------
 
@@ -38,8 +39,8 @@ def snapshot(learner) -> dict:
     return copy.deepcopy({
         "model": learner.model.state_dict(),
         "optimizer": learner.optimizer.state_dict(),
-        "callbacks": {name: cb.state_dict() for name, cb in fp.checkpoint.stateful_callbacks(
-            learner)},
+        "callbacks": {name: cb.state_dict()
+                      for name, cb in fluxpy.support.checkpoint.stateful_callbacks(learner)},
         "cbstate": dict(vars(learner.cbstate)),
         "rng": rng_state(),
     })
@@ -144,7 +145,7 @@ def test_a_class_that_is_not_attrs_is_refused_too(victim, good):
     {"__fluxpy__": "ndarray", "data": "not a tensor"},
     {"__fluxpy__": "dict", "items": [(1, 2, 3)]},
     {"__fluxpy__": "namespace", "fields": {1: 2}},
-    {"__fluxpy__": "attrs", "class": "fluxpy.phases.TrainingPhase", "fields": {"x": 1}},
+    {"__fluxpy__": "attrs", "class": "fluxpy.core.phases.TrainingPhase", "fields": {"x": 1}},
     {"__fluxpy__": "something else"},
 ], ids=["ndarray", "dict", "namespace", "attrs fields", "kind"])
 def test_a_malformed_tagged_value_is_refused(victim, good, tag):

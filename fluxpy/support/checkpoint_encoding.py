@@ -1,7 +1,7 @@
 """State as `torch.load(weights_only=True)` reads it: plain values, tensors, tagged dicts.
 
 `encode` turns callback state and `cbstate` into values a weights-only load accepts;
-`decode` turns them back. The format is described in `fluxpy.checkpoint`.
+`decode` turns them back. The format is described in `fluxpy.support.checkpoint`.
 
 An "attrs" value names its class, and a file can name any class. So decoding builds only
 `FLUXPY_VALUES` and the classes registered with `register_checkpoint_class`; encoding refuses
@@ -28,13 +28,18 @@ _PLAIN_KEYS = (str, int)
 #: fluxpy's own value classes that checkpoints hold: the phases keying `cbstate`'s dicts and
 #: Recorder's `History`. Named, not imported: the callbacks sit above this module.
 FLUXPY_VALUES = frozenset({
-    "fluxpy.phases.Phase",
-    "fluxpy.phases.AbstractTrainingPhase",
-    "fluxpy.phases.AbstractValidationPhase",
-    "fluxpy.phases.TrainingPhase",
-    "fluxpy.phases.ValidationPhase",
+    "fluxpy.core.phases.Phase",
+    "fluxpy.core.phases.AbstractTrainingPhase",
+    "fluxpy.core.phases.AbstractValidationPhase",
+    "fluxpy.core.phases.TrainingPhase",
+    "fluxpy.core.phases.ValidationPhase",
     "fluxpy.callbacks.recorder.History",
 })
+
+#: Where files written before the package was split into layers name the phases.
+_EARLIER_NAMES = {f"fluxpy.phases.{name}": f"fluxpy.core.phases.{name}" for name in (
+    "Phase", "AbstractTrainingPhase", "AbstractValidationPhase", "TrainingPhase",
+    "ValidationPhase")}
 
 _registered: dict[str, type] = {}  # qualified name -> class, by register_checkpoint_class
 
@@ -132,6 +137,7 @@ def register_checkpoint_class(cls: type) -> type:
 
 def checkpoint_class(name: str) -> type:
     """The class a checkpoint may build under the qualified `name`; `DecodeError` if none."""
+    name = _EARLIER_NAMES.get(name, name)
     cls = _registered.get(name)
     if cls is None and name in FLUXPY_VALUES:
         cls = _imported(name)

@@ -34,9 +34,9 @@ from typing import Any
 
 import torch
 
-from .dispatch import GenericFunction
-from .errors import BadBatchError, BadLossError, CancelEpochException, CancelStepException
-from .events import (
+from ..core.dispatch import GenericFunction
+from ..core.errors import BadBatchError, BadLossError, CancelEpochException, CancelStepException
+from ..core.events import (
     BackwardBegin,
     BackwardEnd,
     EpochBegin,
@@ -46,8 +46,8 @@ from .events import (
     StepBegin,
     StepEnd,
 )
-from .phases import AbstractTrainingPhase, AbstractValidationPhase, Phase
-from .state import Batch
+from ..core.phases import AbstractTrainingPhase, AbstractValidationPhase, Phase
+from ..core.state import Batch
 
 __all__ = ["epoch", "run_epoch", "run_step", "step", "update_parameters"]
 

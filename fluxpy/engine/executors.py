@@ -31,7 +31,7 @@ from typing import Any
 import attrs
 import torch
 
-from .errors import CancelEpochException, CancelFitException, CancelStepException
+from ..core.errors import CancelEpochException, CancelFitException, CancelStepException
 
 __all__ = ["Executor", "Handler", "SerialExecutor", "ThreadedExecutor"]
 

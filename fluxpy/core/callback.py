@@ -44,6 +44,7 @@ __all__ = [
     "RunFirst",
     "UnsafeCallback",
     "Unresolvable",
+    "handler_of",
     "on",
     "resolveconflict",
     "runafter",
@@ -134,3 +135,13 @@ on = GenericFunction(_on, arity=4, params="event, phase, callback, learner")
 stateaccess = GenericFunction(_stateaccess, arity=1, params="callback")
 runafter = GenericFunction(_runafter, arity=1, params="callback")
 resolveconflict = GenericFunction(_resolveconflict, arity=2, params="first, second")
+
+
+def handler_of(event: type[Event], phase: type[Phase], callback: type[Callback]):
+    """The `on` method that runs for a callback of type `callback` when `event` fires in
+    `phase`, or `None` when only the no-op fallback applies.
+
+    Handlers receive a protected view, never a `Learner`, so the fourth parameter is resolved
+    for any object: annotate it as nothing (or `Any`).
+    """
+    return on.which(event, phase, callback, object)

@@ -18,7 +18,7 @@ set as a frozenset; a callback allowed to read `cbstate.history` cannot change i
 that reads `learner.callbacks` cannot change them, read their private attributes or reach
 the view another callback kept (nor the raw learner). Tensors, modules and optimizers come
 back as they are (proxies would break torch, copies cost too much): strict mode
-(`fluxpy.strict`) checks that a handler that only reads them leaves them unchanged.
+(`fluxpy.core.strict`) checks that a handler that only reads them leaves them unchanged.
 
 No attribute of a view holds the learner: the getters and the view's methods close over it.
 The read-only wrappers keep what they show in `_fp_raw_do_not_use`, named for what it is.
@@ -34,6 +34,7 @@ import numbers
 import pathlib
 import re
 import types
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -52,9 +53,23 @@ from .state import Batch
 __all__ = ["ProtectedObject", "ReadOnlyCallable", "ReadOnlyMapping", "ReadOnlyObject",
            "ReadOnlySequence", "protect", "readonly"]
 
+#: `id(learner) -> weak reference` of every learner a view guards: such a learner reached
+#: through another object is refused (it would be the way around every view). Written when a
+#: view is made, never while one is read.
+_GUARDED: dict[int, weakref.ref] = {}
+
+
 def protect(learner: Any, access: Access, callback: Any) -> ProtectedObject:
     """The protected view of `learner` for `callback`, which declared `access`."""
+    key = id(learner)
+    if key not in _GUARDED:
+        _GUARDED[key] = weakref.ref(learner, lambda _, key=key: _GUARDED.pop(key, None))
     return _Node(access, callback, "", learner).view
+
+
+def _guarded(value: Any) -> bool:
+    ref = _GUARDED.get(id(value))
+    return ref is not None and ref() is value
 
 
 class _Node:
@@ -274,7 +289,7 @@ _READ_KINDS: dict[type, Any] = {}
 #: The types `readonly` gives back as they are, for the getters' one-test fast path.
 _AS_IS_TYPES: set[type] = set()
 
-#: Strict mode's watchers (see `fluxpy.strict`): the id of a callback -> a function told each
+#: Strict mode's watchers (see `fluxpy.core.strict`): the id of a callback -> a function told each
 #: value `readonly` hands to that callback as it is, or a numpy array's data, while one of its
 #: handlers runs. Empty when strict mode is off, so reading costs one more test.
 WATCHERS: dict[int, Callable[[str, Any], None]] = {}
@@ -296,8 +311,6 @@ _CODE = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, type,
 
 
 def _read_kind(value: Any) -> Any:
-    from .learner import Learner  # (imported here: the learner module imports this one)
-
     if isinstance(value, ProtectedObject):
         return _view
     if isinstance(value, _ReadOnly):
@@ -308,7 +321,7 @@ def _read_kind(value: Any) -> Any:
         return _AS_IS  # copying them would cost too much; strict mode watches them
     if isinstance(value, np.ndarray):
         return _array
-    if isinstance(value, Learner):
+    if _guarded(value):
         return _learner
     if _is_frozen_record(value):
         return _record

@@ -6,7 +6,7 @@
 
 A checkpoint is one `torch.save` file holding a dict:
 
-    format      "fluxpy.checkpoint", the marker that tells it from other torch files
+    format      "fluxpy.support.checkpoint", the marker that tells it from other torch files
     version     FORMAT_VERSION; files from a newer version are refused
     model       the model's state_dict (of `model.module` when the model is wrapped in
                 DistributedDataParallel, so checkpoints move freely between DDP and one process)
@@ -26,7 +26,7 @@ It loads with `torch.load(weights_only=True)`: no pickled code. Encoded values h
 bools, numbers, strings, bytes, tensors, and lists, tuples, sets and dicts with str or int keys
 of those. Anything else is a tagged dict, `{"__fluxpy__": kind, ...}`:
 
-    {"__fluxpy__": "attrs", "class": "fluxpy.phases.TrainingPhase", "fields": {...}}
+    {"__fluxpy__": "attrs", "class": "fluxpy.core.phases.TrainingPhase", "fields": {...}}
     {"__fluxpy__": "dict", "items": [(key, value), ...]}    keys that are not str or int
     {"__fluxpy__": "namespace", "fields": {...}}             a types.SimpleNamespace
     {"__fluxpy__": "ndarray", "data": tensor}                a numpy array
@@ -70,8 +70,8 @@ import attrs
 import numpy as np
 import torch
 
+from ..core.errors import CheckpointError
 from .checkpoint_encoding import DecodeError, decode, encode, qualified_name
-from .errors import CheckpointError
 
 __all__ = [
     "FORMAT",
@@ -86,7 +86,7 @@ __all__ = [
     "write_checkpoint",
 ]
 
-FORMAT = "fluxpy.checkpoint"
+FORMAT = "fluxpy.support.checkpoint"
 FORMAT_VERSION = 2  # 2 added the digest and the optimizer class
 
 #: The names a `Checkpointer` gives its files; loading a folder looks only at these.

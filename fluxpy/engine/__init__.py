@@ -1,0 +1,1 @@
+"""The engine on the core: learner state, executors and the loop."""

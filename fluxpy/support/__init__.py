@@ -1,0 +1,1 @@
+"""What callbacks build on: the checkpoint format, schedules, distributed helpers, figures."""
