@@ -1,12 +1,13 @@
 """`explain(learner)`: a dry run that shows what will run, in which order, and why.
 
 Nothing is trained and no state changes: the text lists each callback with its reads and
-writes (and the group it came from), then, for each phase and event, the handlers in the
-order they will run, then the edges of the graph with their reasons, each once: first the
-orders someone declared (`runafter`, `RunFirst(...) declared by resolveconflict(...)`), then
-those inferred from state access (a writer before its readers), then the given order kept
-by `NoConflict` pairs. The result is a `str` with `to_mermaid()` and
-`to_dot()` for drawing the graph.
+writes (and the group it came from), then, for each phase and event that has handlers, the
+handlers in the order they will run, then why the graph orders them, each reason once: first
+the orders someone declared (a `runafter` once per callback declaring it, `RunFirst(...)
+declared by resolveconflict(...)`), then those inferred from state access (a writer before
+its readers), then the given order kept by `NoConflict` pairs. Names are padded to the
+longest, however long. The result is a `str` with `to_mermaid()` and `to_dot()` for drawing
+the graph.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from .core.access import render_path
 from .core.callback import UnsafeCallback, on
 from .core.events import BUILTIN_EVENTS, TRAINING_EVENTS, VALIDATION_EVENTS, Event, FitBegin, FitEnd
-from .core.graph import DECLARED, GIVEN_ORDER, STATE, CallbackGraph
+from .core.graph import DECLARED, GIVEN_ORDER, STATE, CallbackGraph, Edge, Reason
 from .core.phases import AbstractTrainingPhase, Phase, TrainingPhase, ValidationPhase
 
 __all__ = ["Explanation", "explain"]
@@ -39,16 +40,17 @@ class Explanation(str):
         return self.graph.to_dot()
 
 
-def explain(learner, phases: Sequence[Phase] | None = None) -> Explanation:
+def explain(learner, phases: Sequence[Phase] | None = None, *, empty: bool = False) -> Explanation:
     """Describe `learner`'s callbacks, their handlers per phase and event, and the graph.
 
     Args:
         phases: the phases to show (default: training and validation).
+        empty: also list the events no handler answers, as `(none)`.
     """
     graph = learner.graph
     phases = list(phases) if phases is not None else [TrainingPhase(), ValidationPhase()]
     lines = ["Callbacks in run order (what each reads and writes):"]
-    width = max((len(n) for n in graph.names), default=0)
+    rows = []
     for i in graph.order:
         cb = graph.callbacks[i]
         access = graph.access[i]
@@ -62,7 +64,8 @@ def explain(learner, phases: Sequence[Phase] | None = None) -> Explanation:
         group = learner.groups.get(id(cb))
         if group is not None:
             parts.append(f"from group {type(group).__name__}")
-        lines.append(f"  {graph.names[i]:<{width}}  {'; '.join(parts) or 'no state access'}")
+        rows.append((graph.names[i], "; ".join(parts) or "no state access"))
+    lines += _aligned(rows, indent=2)
 
     lines.append("")
     lines.append("Handlers per phase and event, in run order:")
@@ -71,12 +74,18 @@ def explain(learner, phases: Sequence[Phase] | None = None) -> Explanation:
     for phase in phases:
         kinds = TRAINING_EVENTS if isinstance(phase, AbstractTrainingPhase) else VALIDATION_EVENTS
         sections.append((phase, (*kinds, *custom)))
+    handlers = []
     for phase, events in sections:
-        lines.append(f"  {phase}")
+        rows = []
         for event_type in events:
             plan = learner._plan(event_type(), phase)
-            names = " -> ".join(h.name for h in plan) if plan else "(none)"
-            lines.append(f"    {event_type.__name__:<14} {names}")
+            if plan or empty:
+                rows.append((event_type.__name__, " -> ".join(h.name for h in plan) or "(none)"))
+        handlers.append((phase, rows))
+    width = max((len(name) for _, rows in handlers for name, _ in rows), default=0)
+    for phase, rows in handlers:
+        lines.append(f"  {phase}")
+        lines += _aligned(rows, indent=4, width=width) or ["    (no handlers)"]
 
     lines.append("")
     lines += _why(graph)
@@ -88,16 +97,50 @@ def explain(learner, phases: Sequence[Phase] | None = None) -> Explanation:
 _KINDS = (DECLARED, STATE, GIVEN_ORDER)
 
 
+def _aligned(rows: list[tuple[str, str]], indent: int, width: int | None = None) -> list[str]:
+    """`(name, text)` rows, the names padded to `width` (default: the longest name)."""
+    if width is None:
+        width = max((len(name) for name, _ in rows), default=0)
+    return [f"{' ' * indent}{name:<{width}}  {text}" for name, text in rows]
+
+
 def _why(graph: CallbackGraph) -> list[str]:
-    """Each edge's reasons, declared ones first, each kind in run order."""
+    """The reasons for the edges, declared ones first, each kind in run order, each once."""
     if not graph.edges:
         return ["No ordering constraints: callbacks run in the order given."]
     position = {i: k for k, i in enumerate(graph.order)}
     edges = sorted(graph.edges, key=lambda e: (position[e.before], position[e.after]))
-    return ["Why this order:"] + [
-        f"  {graph.names[e.before]} before {graph.names[e.after]}: {r}"
-        for kind in _KINDS for e in edges for r in e.reasons if r.kind == kind
-    ]
+    said: dict[str, None] = {}  # an ordered set: a runafter's line comes from each of its edges
+    for kind in _KINDS:
+        for e in edges:
+            for line in _told(graph, e, [r for r in e.reasons if r.kind == kind], position):
+                said.setdefault(line)
+    return ["Why this order:"] + [f"  {line}" for line in said]
+
+
+def _told(graph: CallbackGraph, edge: Edge, reasons: list[Reason],
+          position: dict[int, int]) -> list[str]:
+    """The lines telling `reasons` of `edge`: a `runafter` as the whole list of its callback,
+    the state the pair shares in one line."""
+    before, after = graph.names[edge.before], graph.names[edge.after]
+    lines = [_runafter_line(graph, edge.after, position) if r.from_runafter
+             else f"{before} before {after}: {r}" for r in reasons if not r.path]
+    paths = [r.path for r in reasons if r.path]
+    if paths:
+        lines.append(f"{before} before {after}: {before} writes {', '.join(paths)}, "
+                     f"which {after} reads")
+    return lines
+
+
+def _runafter_line(graph: CallbackGraph, after: int, position: dict[int, int]) -> str:
+    """What `runafter` of the callback at `after` orders it after, in one line."""
+    before = sorted((e.before for e in graph.edges
+                     if e.after == after and any(r.from_runafter for r in e.reasons)),
+                    key=position.__getitem__)
+    name = graph.names[after]
+    if len(before) > 1 and len(before) == len(graph.callbacks) - 1:
+        return f"{name} after every other callback: runafter({name})"
+    return f"{name} after {', '.join(graph.names[i] for i in before)}: runafter({name})"
 
 
 def _custom_events(graph: CallbackGraph) -> list[type[Event]]:

@@ -119,28 +119,208 @@ def test_explain_lists_callbacks_handlers_and_reasons():
         "",
         "Handlers per phase and event, in run order:",
         "  Phase",
-        "    FitBegin       Debug",
+        "    FitBegin     Debug",
+        "  TrainingPhase",
+        "    BackwardEnd  Clip",
+        "    StepEnd      Reader",
+        "    EpochEnd     Writer -> Reader",
+        "    Probe        Debug",
+        "  ValidationPhase",
+        "    EpochEnd     Writer -> Reader",
+        "    Probe        Debug",
+        "",
+        "Why this order:",
+        "  Writer before Reader: Writer writes cbstate.x, which Reader reads",
+    ])
+
+
+def test_explain_shows_events_without_handlers_when_asked():
+    learner = test_learner(Reader(), Writer())
+    handlers = fp.explain(learner, empty=True).split("\n\n")[1]
+    assert handlers == "\n".join([
+        "Handlers per phase and event, in run order:",
+        "  Phase",
+        "    FitBegin       (none)",
         "    FitEnd         (none)",
         "  TrainingPhase",
         "    EpochBegin     (none)",
         "    StepBegin      (none)",
         "    LossBegin      (none)",
         "    BackwardBegin  (none)",
-        "    BackwardEnd    Clip",
+        "    BackwardEnd    (none)",
         "    StepEnd        Reader",
         "    EpochEnd       Writer -> Reader",
-        "    Probe          Debug",
         "  ValidationPhase",
         "    EpochBegin     (none)",
         "    StepBegin      (none)",
         "    LossBegin      (none)",
         "    StepEnd        (none)",
         "    EpochEnd       Writer -> Reader",
-        "    Probe          Debug",
+    ])
+
+
+def test_explain_says_when_a_phase_has_no_handlers():
+    handlers = fp.explain(test_learner(Clip())).split("\n\n")[1]
+    assert handlers == "\n".join([
+        "Handlers per phase and event, in run order:",
+        "  Phase",
+        "    (no handlers)",
+        "  TrainingPhase",
+        "    BackwardEnd  Clip",
+        "  ValidationPhase",
+        "    (no handlers)",
+    ])
+
+
+def test_explain_the_default_callbacks():
+    assert fp.explain(test_learner(use_default_callbacks=True)) == "\n".join([
+        "Callbacks in run order (what each reads and writes):",
+        "  Recorder         writes cbstate.history",
+        "  Metrics          reads batch.loss, batch.preds, batch.ys, device; "
+        "writes cbstate.metricsepoch, cbstate.metricsstep",
+        "  ProgressPrinter  reads cbstate.metricsstep, data",
+        "  MetricsPrinter   reads cbstate.metricsepoch",
+        "  StopOnNaNLoss    reads batch.loss",
+        "",
+        "Handlers per phase and event, in run order:",
+        "  Phase",
+        "    FitBegin       Metrics -> MetricsPrinter",
+        "    FitEnd         ProgressPrinter -> MetricsPrinter",
+        "  TrainingPhase",
+        "    EpochBegin     Recorder -> Metrics -> ProgressPrinter -> MetricsPrinter -> "
+        "StopOnNaNLoss",
+        "    BackwardBegin  StopOnNaNLoss",
+        "    StepEnd        Recorder -> Metrics -> ProgressPrinter",
+        "    EpochEnd       Recorder -> Metrics -> ProgressPrinter -> MetricsPrinter -> "
+        "StopOnNaNLoss",
+        "  ValidationPhase",
+        "    EpochBegin     Recorder -> Metrics -> ProgressPrinter -> MetricsPrinter -> "
+        "StopOnNaNLoss",
+        "    StepEnd        Recorder -> Metrics -> ProgressPrinter -> StopOnNaNLoss",
+        "    EpochEnd       Recorder -> Metrics -> ProgressPrinter -> MetricsPrinter -> "
+        "StopOnNaNLoss",
         "",
         "Why this order:",
-        "  Writer before Reader: Writer writes cbstate.x, which Reader reads",
+        "  Metrics before ProgressPrinter: Metrics writes cbstate.metricsstep, which "
+        "ProgressPrinter reads",
+        "  Metrics before MetricsPrinter: Metrics writes cbstate.metricsepoch, which "
+        "MetricsPrinter reads",
     ])
+
+
+def test_explain_tells_a_runafter_once_and_the_state_a_pair_shares_in_one_line(tmp_path):
+    learner = test_learner(
+        fp.Checkpointer(tmp_path), fp.Scheduler({fp.LearningRate: fp.linear(10, 1e-3, 1e-4)}),
+        fp.GradientClipping(1.0), use_default_callbacks=True)
+    assert fp.explain(learner) == "\n".join([
+        "Callbacks in run order (what each reads and writes):",
+        "  Scheduler         writes optimizer",
+        "  GradientClipping  reads batch.update; writes model",
+        "  Recorder          writes cbstate.history",
+        "  Metrics           reads batch.loss, batch.preds, batch.ys, device; "
+        "writes cbstate.metricsepoch, cbstate.metricsstep",
+        "  ProgressPrinter   reads cbstate.metricsstep, data",
+        "  MetricsPrinter    reads cbstate.metricsepoch",
+        "  StopOnNaNLoss     reads batch.loss",
+        "  Checkpointer      reads callbacks, cbstate, model, optimizer, rng, scaler; "
+        "UNSAFE: gets the raw learner, nothing is checked",
+        "",
+        "Handlers per phase and event, in run order:",
+        "  Phase",
+        "    FitBegin       Metrics -> MetricsPrinter -> Checkpointer",
+        "    FitEnd         ProgressPrinter -> MetricsPrinter -> Checkpointer",
+        "  TrainingPhase",
+        "    EpochBegin     Recorder -> Metrics -> ProgressPrinter -> MetricsPrinter -> "
+        "StopOnNaNLoss",
+        "    StepBegin      Scheduler",
+        "    BackwardBegin  StopOnNaNLoss",
+        "    BackwardEnd    GradientClipping",
+        "    StepEnd        Recorder -> Metrics -> ProgressPrinter",
+        "    EpochEnd       GradientClipping -> Recorder -> Metrics -> ProgressPrinter -> "
+        "MetricsPrinter -> StopOnNaNLoss -> Checkpointer",
+        "  ValidationPhase",
+        "    EpochBegin     Recorder -> Metrics -> ProgressPrinter -> MetricsPrinter -> "
+        "StopOnNaNLoss",
+        "    StepEnd        Recorder -> Metrics -> ProgressPrinter -> StopOnNaNLoss",
+        "    EpochEnd       Recorder -> Metrics -> ProgressPrinter -> MetricsPrinter -> "
+        "StopOnNaNLoss -> Checkpointer",
+        "",
+        "Why this order:",
+        "  Checkpointer after every other callback: runafter(Checkpointer)",
+        "  Scheduler before Checkpointer: Scheduler writes optimizer, which Checkpointer reads",
+        "  GradientClipping before Checkpointer: GradientClipping writes model, which "
+        "Checkpointer reads",
+        "  Recorder before Checkpointer: Recorder writes cbstate.history, which Checkpointer "
+        "reads",
+        "  Metrics before ProgressPrinter: Metrics writes cbstate.metricsstep, which "
+        "ProgressPrinter reads",
+        "  Metrics before MetricsPrinter: Metrics writes cbstate.metricsepoch, which "
+        "MetricsPrinter reads",
+        "  Metrics before Checkpointer: Metrics writes cbstate.metricsepoch, "
+        "cbstate.metricsstep, which Checkpointer reads",
+    ])
+
+
+class AVeryLongCallbackNameThatStillAlignsWell(fp.Callback):
+    """Forty characters: the columns widen to fit it."""
+
+
+@attrs.frozen
+class AnEventWithAnUnusuallyLongName(fp.Event):
+    pass
+
+
+@fp.stateaccess.dispatch
+def _long_access(cb: AVeryLongCallbackNameThatStillAlignsWell):
+    return fp.Access(cbstate=fp.Access(x=fp.Read()))
+
+
+@fp.on.dispatch
+def _long_step_end(event: fp.StepEnd, phase: fp.Phase,
+                   cb: AVeryLongCallbackNameThatStillAlignsWell, learner):
+    pass
+
+
+@fp.on.dispatch
+def _long_event(event: AnEventWithAnUnusuallyLongName, phase: fp.AbstractTrainingPhase,
+                cb: AVeryLongCallbackNameThatStillAlignsWell, learner):
+    pass
+
+
+def test_explain_aligns_names_however_long():
+    learner = test_learner(AVeryLongCallbackNameThatStillAlignsWell(), Writer(), Clip())
+    assert fp.explain(learner) == "\n".join([
+        "Callbacks in run order (what each reads and writes):",
+        "  Writer                                    writes cbstate.x",
+        "  AVeryLongCallbackNameThatStillAlignsWell  reads cbstate.x",
+        "  Clip                                      writes model",
+        "",
+        "Handlers per phase and event, in run order:",
+        "  Phase",
+        "    (no handlers)",
+        "  TrainingPhase",
+        "    BackwardEnd                     Clip",
+        "    StepEnd                         AVeryLongCallbackNameThatStillAlignsWell",
+        "    EpochEnd                        Writer",
+        "    AnEventWithAnUnusuallyLongName  AVeryLongCallbackNameThatStillAlignsWell",
+        "  ValidationPhase",
+        "    StepEnd                         AVeryLongCallbackNameThatStillAlignsWell",
+        "    EpochEnd                        Writer",
+        "",
+        "Why this order:",
+        "  Writer before AVeryLongCallbackNameThatStillAlignsWell: Writer writes cbstate.x, "
+        "which AVeryLongCallbackNameThatStillAlignsWell reads",
+    ])
+
+
+def test_explain_marks_an_unsafe_callback():
+    lines = fp.explain(test_learner(Debug(), Writer())).splitlines()
+    assert lines[:3] == [
+        "Callbacks in run order (what each reads and writes):",
+        "  Debug   UNSAFE: gets the raw learner, nothing is checked",
+        "  Writer  writes cbstate.x",
+    ]
+    assert lines[lines.index("  Phase") + 1] == "    FitBegin  Debug"
 
 
 def _realistic():
@@ -206,7 +386,7 @@ def test_explain_shows_the_phases_asked_for():
     text = fp.explain(test_learner(Clip()), phases=[GANPhase()])
     assert "  GANPhase" in text.splitlines()
     assert "TrainingPhase" not in text
-    assert "    BackwardEnd    Clip" in text.splitlines()
+    assert "    BackwardEnd  Clip" in text.splitlines()
 
 
 def test_explain_draws_its_graph():
@@ -268,7 +448,7 @@ def test_explain_lists_declared_orders_first_then_inferred_ones_each_reason_once
     why = text.splitlines()[text.splitlines().index("Why this order:"):]
     assert why == [
         "Why this order:",
-        "  Reader before Twice: runafter(Twice) lists Reader",
+        "  Twice after Reader: runafter(Twice)",
         "  Norm before Clip: RunFirst(Norm) declared by resolveconflict(Clip, Norm) for model",
         "  Writer before Reader: Writer writes cbstate.x, which Reader reads",
         "  Right before Left: NoConflict() declared by resolveconflict(Left, Right) for "

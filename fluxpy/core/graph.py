@@ -58,10 +58,17 @@ DECLARED, STATE, GIVEN_ORDER = "declared", "state", "given order"
 
 @attrs.frozen
 class Reason:
-    """Why an edge exists, in words (`text`), and where the order comes from (`kind`)."""
+    """Why an edge exists, in words (`text`), and where the order comes from (`kind`).
+
+    For `explain`, which tells each once: `from_runafter` marks a `runafter` entry (told once
+    per declaring callback), `path` is the state a write-before-read reason is about (told
+    once per pair of callbacks).
+    """
 
     kind: str
     text: str
+    from_runafter: bool = False
+    path: str = ""
 
     def __str__(self) -> str:
         return self.text
@@ -176,7 +183,8 @@ def build_graph(callbacks: Sequence[Callback], names: Sequence[str] | None = Non
         for i, cb in enumerate(cbs):
             if i != j and isinstance(cb, types):
                 edges.add(i, j, Reason(DECLARED, f"runafter({names[j]}) lists "
-                                                 f"{type(cb).__name__}"), "runafter")
+                                                 f"{type(cb).__name__}", from_runafter=True),
+                          "runafter")
 
     commuting: list[tuple[int, int, Reason]] = []
     for i in range(len(cbs)):
@@ -236,7 +244,8 @@ def _resolve(cbs, names, i, j, shared: _Overlap, edges: _Edges) -> Reason | None
         rendered = [(render_path(p), render_path(q)) for p, q in shared.writes]
         raise WriteConflictError(a, b, rendered, (names[i], names[j]))
     for w, r, path in shared.reads:
-        edges.add(w, r, Reason(STATE, f"{names[w]} writes {path}, which {names[r]} reads"), path)
+        edges.add(w, r, Reason(STATE, f"{names[w]} writes {path}, which {names[r]} reads",
+                               path=path), path)
     if isinstance(answer, NoConflict) and shared.writes and not shared.reads:
         return Reason(GIVEN_ORDER, f"NoConflict() declared by {declared_by} for "
                                    f"{shared.paths()}: their writes commute; kept in the "
