@@ -453,6 +453,58 @@ def test_missing_producer_is_raised_by_the_learner_before_any_event():
         test_learner(fp.MetricsPrinter())
 
 
+def producer_type(name, *keys, base=fp.Callback):
+    """A fresh callback class that writes `cbstate.<key>` and declares it produces each key."""
+    cls = type(name, (base,), {})
+
+    def _access(cb: cls):
+        return cbstate(**{key: W for key in keys})
+
+    def _produces(callback_type: type[cls]):
+        return keys
+
+    fp.stateaccess.dispatch(_access)
+    fp.produces.dispatch(_produces)
+    return cls
+
+
+def test_the_hint_names_a_callback_type_that_declares_it_produces_the_key():
+    producer_type("Counter", "count")
+    reader = callback_type("Reader", cbstate(count=R))
+    with pytest.raises(fp.MissingStateError) as info:
+        fp.build_graph([reader()])
+    assert str(info.value) == "Reader reads cbstate.count, which no callback writes: add Counter()."
+
+
+def test_the_hint_names_every_unrelated_type_that_produces_the_key():
+    producer_type("Tally", "tally")
+    producer_type("Abacus", "tally", "beads")
+    reader = callback_type("Reader", cbstate(tally=R))
+    with pytest.raises(fp.MissingStateError, match=re.escape("add Tally() or Abacus().")):
+        fp.build_graph([reader()])
+
+
+def test_a_subclass_inherits_the_declaration_and_the_hint_names_the_declaring_type():
+    base = producer_type("Ledger", "ledger")
+    sub = type("BigLedger", (base,), {})
+    assert fp.produces(sub) == ("ledger",)
+    reader = callback_type("Reader", cbstate(ledger=R))
+    with pytest.raises(fp.MissingStateError, match=re.escape("add Ledger().")):
+        fp.build_graph([reader()])
+
+
+def test_a_declared_producer_in_the_list_satisfies_the_reader():
+    ledger = producer_type("Journal", "journal")
+    reader = callback_type("Reader", cbstate(journal=R))
+    assert order([reader(), ledger()]) == ["Journal", "Reader"]
+
+
+def test_the_builtin_producers_declare_their_keys():
+    assert fp.produces(fp.Recorder) == ("history",)
+    assert fp.produces(fp.Metrics) == ("metricsstep", "metricsepoch")
+    assert fp.produces(fp.MetricsPrinter) == ()
+
+
 # -- cycles --------------------------------------------------------------------------------------
 
 

@@ -24,16 +24,12 @@ import attrs
 import torch
 
 from ..core.access import Access, Read, Write
-from ..core.callback import Callback, on, stateaccess
+from ..core.callback import Callback, on, produces, stateaccess
 from ..core.events import EpochBegin, EpochEnd, FitBegin, StepEnd
-from ..core.graph import STATE_PRODUCERS
 from ..core.phases import Phase
 from ..support.distributed import all_reduce_sum, is_distributed
 
 __all__ = ["Metric", "Metrics"]
-
-STATE_PRODUCERS["metricsstep"] = "Metrics()"
-STATE_PRODUCERS["metricsepoch"] = "Metrics()"
 
 #: Per-step values are folded into one partial sum every this many steps, to bound memory.
 FOLD_EVERY = 1024
@@ -212,6 +208,11 @@ def _metrics_access(cb: Metrics):
         cbstate=Access(metricsstep=Write(), metricsepoch=Write()),
         device=Read(),
     )
+
+
+@produces.dispatch
+def _metrics_produces(callback_type: type[Metrics]):
+    return ("metricsstep", "metricsepoch")
 
 
 @on.dispatch

@@ -7,14 +7,11 @@ import time
 import attrs
 
 from ..core.access import Access, Write
-from ..core.callback import Callback, on, stateaccess
+from ..core.callback import Callback, on, produces, stateaccess
 from ..core.events import EpochBegin, EpochEnd, StepEnd
-from ..core.graph import STATE_PRODUCERS
 from ..core.phases import Phase
 
 __all__ = ["Histories", "History", "Recorder"]
-
-STATE_PRODUCERS["history"] = "Recorder()"
 
 
 @attrs.define
@@ -43,15 +40,11 @@ class Recorder(Callback):
     History accumulates over `fit` calls, so `fit(2); fit(3)` records 5 epochs.
     """
 
-    _histories: dict = attrs.field(factory=dict, init=False, repr=False)
-    _started: dict = attrs.field(factory=dict, init=False, repr=False)
-    # (phase, History) of the epoch running now: a step finds its History by identity.
-    _current: tuple = attrs.field(default=(None, None), init=False, repr=False)
+    _started: dict = attrs.field(factory=dict, init=False, repr=False)  # phase -> perf_counter()
 
     def init(self, learner) -> None:
         if "history" not in learner.cbstate:
             learner.cbstate.history = Histories()
-        self._histories = learner.cbstate.history
 
 
 @stateaccess.dispatch
@@ -59,30 +52,29 @@ def _recorder_access(cb: Recorder):
     return Access(cbstate=Access(history=Write()))
 
 
+@produces.dispatch
+def _recorder_produces(callback_type: type[Recorder]):
+    return ("history",)
+
+
 @on.dispatch
 def _recorder_epoch_begin(event: EpochBegin, phase: Phase, cb: Recorder, learner):
-    history = learner.cbstate.history
-    if phase not in history:
-        history[phase] = History()
-    history[phase].steps_epoch = 0
-    cb._histories = history
-    cb._current = (phase, history[phase])
+    history = learner.cbstate.history.setdefault(phase, History())
+    history.steps_epoch = 0
     cb._started[phase] = time.perf_counter()
 
 
 @on.dispatch
 def _recorder_step_end(event: StepEnd, phase: Phase, cb: Recorder, learner):
-    current, h = cb._current
-    if current is not phase:  # not the phase whose epoch began last (or an equal copy of it)
-        h = cb._histories[phase]
-    h.steps += 1
-    h.steps_epoch += 1
+    history = learner.cbstate.history[phase]
+    history.steps += 1
+    history.steps_epoch += 1
 
 
 @on.dispatch
 def _recorder_epoch_end(event: EpochEnd, phase: Phase, cb: Recorder, learner):
     if phase not in cb._started:  # cancelled at EpochBegin before this Recorder's turn
         _recorder_epoch_begin(event, phase, cb, learner)
-    h = cb._histories[phase]
-    h.epochs += 1
-    h.epoch_times.append(time.perf_counter() - cb._started.pop(phase))
+    history = learner.cbstate.history[phase]
+    history.epochs += 1
+    history.epoch_times.append(time.perf_counter() - cb._started.pop(phase))

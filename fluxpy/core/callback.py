@@ -11,6 +11,9 @@ hierarchies (the most specific method wins):
 - `runafter(callback) -> tuple[type, ...]`: callback types this one must run after.
 - `resolveconflict(a, b)`: how two callbacks that share state (one writes what the other
   reads or writes) are ordered; looked up in both argument orders.
+- `produces(callback_type) -> tuple[str, ...]`: the `cbstate` keys a callback type publishes
+  for others to read; dispatched on the class (`cb: type[Recorder]`), since the graph asks it
+  about callbacks that are missing from a learner.
 
 Extending:
     Define the methods at module level in your own code:
@@ -46,6 +49,7 @@ __all__ = [
     "Unresolvable",
     "handler_of",
     "on",
+    "produces",
     "resolveconflict",
     "runafter",
     "stateaccess",
@@ -131,10 +135,27 @@ def _resolveconflict(first: Callback, second: Callback):
     return NotDefined()
 
 
+def _produces(callback_type):
+    """produces(callback_type) -> tuple[str, ...]
+
+    The `cbstate` keys that callbacks of the class `callback_type` publish for others to read,
+    e.g. `("history",)` for `Recorder`. A callback that reads a key no other callback writes is
+    a `MissingStateError` naming the classes that declare the key, so declare it on the class:
+
+        @fp.produces.dispatch
+        def _(callback_type: type[Counter]):
+            return ("count",)
+
+    Subclasses inherit the declaration. Default: none.
+    """
+    return ()
+
+
 on = GenericFunction(_on, arity=4, params="event, phase, callback, learner")
 stateaccess = GenericFunction(_stateaccess, arity=1, params="callback")
 runafter = GenericFunction(_runafter, arity=1, params="callback")
 resolveconflict = GenericFunction(_resolveconflict, arity=2, params="first, second")
+produces = GenericFunction(_produces, arity=1, params="callback_type")
 
 
 def handler_of(event: type[Event], phase: type[Phase], callback: type[Callback]):

@@ -33,6 +33,7 @@ from .callback import (
     NotDefined,
     RunFirst,
     Unresolvable,
+    produces,
     resolveconflict,
     runafter,
     stateaccess,
@@ -45,11 +46,7 @@ from .errors import (
     WriteConflictError,
 )
 
-__all__ = ["STATE_PRODUCERS", "CallbackGraph", "Edge", "Reason", "build_graph"]
-
-#: `cbstate` keys and the callback that writes them, for the fix in `MissingStateError`.
-#: Callback modules add their own entries.
-STATE_PRODUCERS: dict[str, str] = {}
+__all__ = ["CallbackGraph", "Edge", "Reason", "build_graph"]
 
 #: The kinds of `Reason`: an order someone declared (`runafter`, `RunFirst`), one inferred
 #: from state access (write before read), and the given order of a `NoConflict` pair.
@@ -201,7 +198,7 @@ def build_graph(callbacks: Sequence[Callback], names: Sequence[str] | None = Non
         if not edges.reaches(i, j) and not edges.reaches(j, i):
             edges.add(i, j, reason, "no conflict")
 
-    _check_producers(cbs, names, reads, writes)
+    _check_producers(cbs, reads, writes)
     frozen_edges = edges.frozen()
     order = _toposort(cbs, frozen_edges, names)
     return CallbackGraph(cbs, names, access, frozen_edges, order,
@@ -319,7 +316,9 @@ def _runafter_of(cb: Callback) -> tuple[type, ...]:
     return tuple(types)
 
 
-def _check_producers(cbs, names, reads, writes) -> None:
+def _check_producers(cbs, reads, writes) -> None:
+    """Each read of `cbstate.X` needs another callback that writes it; the error's fix names
+    the callback classes that declare they produce `X`."""
     for r, paths in enumerate(reads):
         for q in paths:
             if q[0] != "cbstate" or len(q) < 2:
@@ -328,9 +327,24 @@ def _check_producers(cbs, names, reads, writes) -> None:
                 overlaps(p, q) for w, ps in enumerate(writes) if w != r for p in ps
             )
             if not produced:
-                producer = STATE_PRODUCERS.get(q[1])
-                hint = f"add {producer}" if producer else None
+                producers = " or ".join(f"{cls.__name__}()" for cls in _declared_producers(q[1]))
+                hint = f"add {producers}" if producers else None
                 raise MissingStateError(cbs[r], render_path(q[:2]), hint)
+
+
+def _declared_producers(key: str) -> list[type[Callback]]:
+    """The callback classes whose `produces` lists `key`, less the subclasses that inherit it."""
+    found = [cls for cls in _subclasses(Callback) if key in produces(cls)]
+    return [cls for cls in found if not any(base in found for base in cls.__mro__[1:])]
+
+
+def _subclasses(cls: type) -> list[type]:
+    """Every class that derives from `cls` and has been defined, each once."""
+    found = {}
+    for sub in cls.__subclasses__():
+        found[sub] = None
+        found.update(dict.fromkeys(_subclasses(sub)))
+    return list(found)
 
 
 def _toposort(cbs, edges: Sequence[Edge], names) -> tuple[int, ...]:

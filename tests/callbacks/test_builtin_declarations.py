@@ -98,3 +98,10 @@ def test_mixup_declares_the_generator_and_still_builds_with_every_feature(tmp_pa
     rng_writers = [type(cb).__name__ for cb, a in zip(graph.callbacks, graph.access)
                    if ("rng",) in a.writes()]
     assert rng_writers == ["MixUp"]
+
+
+@pytest.mark.parametrize("callback", [fp.Recorder(), fp.Metrics()], ids=type)
+def test_a_builtin_producer_writes_each_key_it_declares_it_produces(callback):
+    keys = fp.produces(type(callback))
+    assert keys
+    assert all(("cbstate", key) in fp.stateaccess(callback).writes() for key in keys)
