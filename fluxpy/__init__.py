@@ -10,7 +10,6 @@ from .callbacks import (
     EarlyStopping,
     GradientAccumulation,
     GradientClipping,
-    History,
     HyperParameter,
     LearningRate,
     LogBackend,
@@ -89,9 +88,9 @@ from .core.phases import (
 )
 from .engine.executors import Executor, Handler, SerialExecutor, ThreadedExecutor
 from .engine.loop import epoch, run_epoch, run_step, step, update_parameters
-from .explain import Explanation, explain
+from .explain import explain
 from .learner import FitResult, Learner
-from .lrfind import LRFindResult, lr_find
+from .lrfind import lr_find
 from .plots import plot_history
 from .support.checkpoint import load_checkpoint, save_checkpoint
 from .support.checkpoint_encoding import register_checkpoint_class
@@ -130,16 +129,13 @@ __all__ = [
     "EpochEnd",
     "Event",
     "Executor",
-    "Explanation",
     "FitBegin",
     "FitEnd",
     "FitResult",
     "GradientAccumulation",
     "GradientClipping",
     "Handler",
-    "History",
     "HyperParameter",
-    "LRFindResult",
     "Learner",
     "LearningRate",
     "LogBackend",
@@ -174,9 +170,9 @@ __all__ = [
     "ThreadedExecutor",
     "ToDevice",
     "TrainingPhase",
+    "Unresolvable",
     "UnresolvableConflictError",
     "UnsafeCallback",
-    "Unresolvable",
     "ValidationPhase",
     "WeightDecay",
     "Write",

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import fluxpy as fp
+from fluxpy.lrfind import LRFindResult
 from fluxpy.testing import test_learner
 
 
@@ -111,13 +112,13 @@ def test_suggestion_is_the_steepest_descent_between_the_first_tenth_and_the_lowe
 
 def test_suggestion_of_a_hand_made_curve_is_where_it_falls_fastest():
     lrs = tuple(10.0 ** k for k in range(-6, 1))
-    result = fp.LRFindResult(lrs, (5.0, 4.9, 4.5, 2.0, 1.5, 1.4, 9.0))
+    result = LRFindResult(lrs, (5.0, 4.9, 4.5, 2.0, 1.5, 1.4, 9.0))
     assert result.suggestion == 1e-3
 
 
 def test_suggestion_is_none_when_the_loss_never_falls():
-    assert fp.LRFindResult((1e-3,), (0.5,)).suggestion is None
-    assert fp.LRFindResult((1e-3, 1e-2, 1e-1), (0.5, 0.7, 0.9)).suggestion is None
+    assert LRFindResult((1e-3,), (0.5,)).suggestion is None
+    assert LRFindResult((1e-3, 1e-2, 1e-1), (0.5, 0.7, 0.9)).suggestion is None
 
 
 def test_plot_renders_a_png(tmp_path):

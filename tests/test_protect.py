@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import fluxpy as fp
+from fluxpy.callbacks.recorder import History
 from fluxpy.core.protect import ProtectedObject, ReadOnlyMapping, ReadOnlyObject, ReadOnlySequence
 from fluxpy.core.state import Batch
 from fluxpy.testing import test_learner
@@ -295,7 +296,7 @@ def test_deep_copy_of_read_only_state_is_a_detached_plain_copy(history_view):
 def test_deep_copy_of_a_read_only_object_is_a_plain_copy(history_view):
     view, learner = history_view
     record = copy.deepcopy(view.cbstate.history[fp.TrainingPhase()])
-    assert type(record) is fp.History
+    assert type(record) is History
     record.epoch_times.append(1.0)
     assert len(learner.cbstate.history[fp.TrainingPhase()].epoch_times) == 1
 
@@ -311,7 +312,7 @@ def test_read_only_state_pickles_as_the_object_it_shows(history_view):
     view, learner = history_view
     record = pickle.loads(pickle.dumps(view.cbstate.history[fp.TrainingPhase()]))
     assert record == learner.cbstate.history[fp.TrainingPhase()]
-    assert type(record) is fp.History
+    assert type(record) is History
 
 
 @attrs.define

@@ -1,6 +1,7 @@
 """Recorder: epochs, steps and wall time per phase in learner.cbstate.history."""
 
 import fluxpy as fp
+from fluxpy.callbacks.recorder import History
 from fluxpy.testing import test_batches, test_learner
 
 TRAIN, VALID = fp.TrainingPhase(), fp.ValidationPhase()
@@ -66,7 +67,7 @@ def test_declares_that_it_writes_history():
 
 def test_a_phase_that_has_not_run_reads_as_an_empty_history_and_is_not_added():
     learner = test_learner(fp.Recorder(), n_batches=2)
-    assert learner.cbstate.history[TRAIN] == fp.History(epochs=0, steps=0, steps_epoch=0)
+    assert learner.cbstate.history[TRAIN] == History(epochs=0, steps=0, steps_epoch=0)
     learner.fit(1, data=(test_batches(2), None))
     history = learner.cbstate.history
     valid = history[VALID]
