@@ -36,7 +36,7 @@ from ..core.callback import Callback, NoConflict, RunFirst, on, resolveconflict,
 from ..core.errors import SanityCheckError
 from ..core.events import FitBegin
 from ..core.phases import Phase
-from ..core.protect import ReadOnlySequence
+from ..core.readonly import ReadOnlySequence
 from .gradients import GradientAccumulation, GradientClipping
 from .precision import MixedPrecision
 from .todevice import ToDevice, to_device

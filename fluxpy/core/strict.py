@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,8 @@ import torch
 
 from .access import Access, Path
 from .errors import CancelEpochException, CancelFitException, CancelStepException, ProtectedError
-from .protect import WATCHERS, ProtectedObject
+from .protect import ProtectedObject
+from .readonly import WATCH
 
 __all__ = ["checked"]
 
@@ -51,28 +53,31 @@ def checked(method: Callable[..., Any], callback: Any, access: Access) -> Callab
     """`method`, a handler of `callback` (which declared `access`), checked as strict mode
     checks (see the module docstring). Keeps `method`'s name for error notes."""
     reads, writes = access.reads(), access.writes()
-    key = id(callback)
 
     @functools.wraps(method)
     def strict_handler(event: Any, phase: Any, cb: Any, learner: Any) -> None:
         watch = _Watch()
         for path in reads:
             watch.add(".".join(path), _read(learner, path), grant=".".join(path))
-        outer = WATCHERS.get(key)  # a handler that fires an event of its own
-        WATCHERS[key] = watch.add
+        # For this call only, in this thread: the handlers of an event this one fires, and
+        # handlers running at the same time on other threads, have their own.
+        token = WATCH.set(partial(_note, callback, watch))
         try:
             method(event, phase, cb, learner)
         except _CONTROL_FLOW:  # the handler's changes still count: check before stopping
             _check(watch, callback, writes, learner, event, phase)
             raise
         finally:
-            if outer is None:
-                del WATCHERS[key]
-            else:
-                WATCHERS[key] = outer
+            WATCH.reset(token)
         _check(watch, callback, writes, learner, event, phase)
 
     return strict_handler
+
+
+def _note(callback: Any, watch: _Watch, owner: Any, path: str, value: Any) -> None:
+    """Note `value`, handed to `owner` at `path`, if `owner` is the callback watched."""
+    if owner is callback:
+        watch.add(path, value)
 
 
 def _read(learner: Any, path: Path) -> Any:
@@ -226,9 +231,7 @@ def _reachable(learner: Any, writes: list[Path]) -> set[int]:
     for path in writes:
         value = _read(learner, path)
         if isinstance(value, ProtectedObject):  # a node whose unnamed names `Write()` covers
-            named = type(value)._fp_node.named
-            stack += [getattr(value, n) for n in dir(value)
-                      if n not in named and not n.startswith("__")]
+            stack += [getattr(value, n) for n in dir(value) if not n.startswith("__")]
         elif value is not _MISSING:
             stack.append(value)
     seen: set[int] = set()
