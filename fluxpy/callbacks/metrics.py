@@ -1,7 +1,7 @@
 """`Metrics`: the loss and any other metrics, averaged per epoch, accumulated on the device.
 
 On an accelerator each metric's value stays a device tensor per step (no host sync); at epoch
-end all of a phase's metrics are reduced together and read to the host once. On the CPU,
+end all of a phase's metrics are summed on the device and read to the host once. On the CPU,
 where reading a value is no sync, values are read as they come and nothing is kept for the
 epoch (`READ_CPU_VALUES`). Means are weighted by batch size, so a short last batch counts for
 what it holds.
@@ -67,82 +67,58 @@ class Metric:
 
 
 class _WeightedMean:
-    """A batch-size-weighted mean.
+    """A mean weighted by batch size, summed where the values are.
 
-    Values on an accelerator stay there until `result` (reading them per step would
-    synchronise the host with the device). Numbers and CPU tensors are read as they come
-    (see `READ_CPU_VALUES`).
+    Numbers and CPU tensors are read as they come (see `READ_CPU_VALUES`). Tensors on an
+    accelerator are kept, grouped by batch size, and summed on the device when `FOLD_EVERY`
+    of one size are kept and at the end: adding a value never waits for the device.
     """
 
-    __slots__ = ("count", "host_count", "host_total", "partial", "sizes", "values")
-
     def __init__(self) -> None:
-        self.values: list[torch.Tensor] = []  # device values not yet folded into `partial`
-        self.sizes: list[int] = []
-        self.partial: torch.Tensor | None = None  # float64 sum of value * size on the device
-        self.count = 0  # the sizes folded into `partial`
-        self.host_total = 0.0  # sum of value * size read on the host
-        self.host_count = 0
+        self.total: float | torch.Tensor = 0.0  # sum of value * size; a tensor once one is folded
+        self.count = 0  # sum of sizes, of the kept values too
+        self._kept: dict[int, list[torch.Tensor]] = {}  # size -> device values not in `total`
 
     def add(self, value: Any, size: int) -> Any:
         """Add `value` with weight `size`; returns it as kept: a detached tensor on an
         accelerator, a float otherwise."""
+        self.count += size
         if isinstance(value, torch.Tensor):
             if not value.is_cpu or not READ_CPU_VALUES:
-                value = value.detach()
-                self.values.append(value)
-                self.sizes.append(size)
-                if len(self.values) >= FOLD_EVERY:
-                    self._fold()
-                return value
+                return self._keep(value.detach(), size)
             value = value.item()
         value = float(value)
-        self.host_total += value * size
-        self.host_count += size
+        self.total += value * size
         return value
 
-    def empty(self) -> bool:
-        return not (self.count or self.values or self.host_count)
+    def _keep(self, value: torch.Tensor, size: int) -> torch.Tensor:
+        kept = self._kept.setdefault(size, [])
+        kept.append(value)
+        if len(kept) >= FOLD_EVERY:
+            self.fold()
+        return value
 
-    def _fold(self) -> None:
-        if not self.values:
-            return
-        try:  # the usual case, one op for all terms: tensors of one element, on one device
-            values = torch.stack(self.values).reshape(len(self.values)).to(torch.float64)
-        except (TypeError, RuntimeError):  # tensors of other shapes or on several devices
-            values = torch.stack(
-                [torch.as_tensor(v).reshape(()).to(torch.float64) for v in self.values]
-            )
-        sizes = self.sizes
-        if sizes.count(sizes[0]) == len(sizes):  # one batch size throughout: no weights tensor
-            total = values.sum() * sizes[0]
-        else:
-            total = values.dot(torch.tensor(sizes, dtype=torch.float64, device=values.device))
-        self.partial = total if self.partial is None else self.partial + total
-        self.count += sum(self.sizes)
-        self.values, self.sizes = [], []
-
-    def total(self) -> tuple[torch.Tensor | float, int]:
-        """The weighted sum (a device tensor if any value was on a device) and the weight."""
-        self._fold()
-        if self.partial is None:
-            return self.host_total, self.host_count
-        return self.partial + self.host_total, self.count + self.host_count
-
-    def set_total(self, total: torch.Tensor | float, count: int) -> None:
-        """Replace everything added so far by a weighted sum and its weight."""
-        self.values, self.sizes = [], []
-        self.partial, self.count, self.host_total, self.host_count = None, 0, 0.0, 0
-        if isinstance(total, torch.Tensor) and not total.is_cpu:
-            self.partial, self.count = total, count
-        else:
-            self.host_total, self.host_count = float(total), count
+    def fold(self) -> None:
+        """Add the kept values to `total`, one sum on the device per batch size."""
+        for size, values in self._kept.items():
+            stacked = torch.stack([v.reshape(()) for v in values]).to(torch.float64)
+            self.total = self.total + stacked.sum() * size
+        self._kept = {}
 
     def result(self) -> torch.Tensor | float:
-        total, count = self.total()
-        if count == 0:
-            return float("nan")
-        return total / count
+        """The mean: a device tensor if any value was kept; NaN when nothing was added."""
+        self.fold()
+        return self.total / self.count if self.count else float("nan")
+
+
+@attrs.define
+class _Epoch:
+    """What `Metrics` accumulates during one epoch of a phase."""
+
+    means: dict[str, _WeightedMean]  # the loss's and each function metric's
+    functions: tuple[Metric, ...]  # the function metrics computed in this phase
+    stateful: tuple[Metric, ...]  # the update/compute/reset metrics computed in this phase
+    step: dict  # cbstate.metricsstep[phase]: the latest step's values
 
 
 class Metrics(Callback):
@@ -161,12 +137,7 @@ class Metrics(Callback):
         if "loss" in names or len(set(names)) != len(names):
             raise ValueError(f"Metrics names must be unique and not 'loss': {names}; "
                              "rename with fp.Metric(fn, name=...)")
-        self._means: dict[Phase, dict[str, _WeightedMean]] = {}
-        self._active: dict[Phase, tuple[Metric, ...]] = {}
-        # Per phase, what a step updates: (loss mean, cbstate.metricsstep[phase], means, active),
-        # so the step handler looks the phase up once.
-        self._steps: dict[Phase, tuple[_WeightedMean, dict, dict, tuple[Metric, ...]]] = {}
-        self._current: tuple = (None, None)  # (phase, its _steps entry) of the latest epoch
+        self._epochs: dict[Phase, _Epoch] = {}  # the running epoch of each phase
 
     def __repr__(self) -> str:
         return f"Metrics({', '.join(m.name for m in self.metrics)})"
@@ -194,7 +165,11 @@ def _is_stateful(obj: Any) -> bool:
 
 
 def _batch_size(ys: Any) -> int:
-    """The number of examples in `ys` without a first dimension: its length, or 1."""
+    """The number of examples in `ys`: a tensor's first dimension, else its length, or 1."""
+    try:
+        return ys.shape[0]  # not len(ys): on a tensor that is a Python function, 4x slower
+    except (AttributeError, IndexError, TypeError):
+        pass
     try:
         return len(ys)
     except TypeError:
@@ -224,76 +199,60 @@ def _metrics_fit_begin(event: FitBegin, phase: Phase, cb: Metrics, learner):
 
 @on.dispatch
 def _metrics_epoch_begin(event: EpochBegin, phase: Phase, cb: Metrics, learner):
-    active = tuple(m for m in cb.metrics if isinstance(phase, m.phase))
-    cb._active[phase] = active
-    cb._means[phase] = {"loss": _WeightedMean()}
-    for m in active:
-        if m.stateful:
-            m.fn.reset()
-        else:
-            cb._means[phase][m.name] = _WeightedMean()
+    active = [m for m in cb.metrics if isinstance(phase, m.phase)]
+    functions = tuple(m for m in active if not m.stateful)
+    stateful = tuple(m for m in active if m.stateful)
+    for m in stateful:
+        m.fn.reset()
+    means = {name: _WeightedMean() for name in ["loss", *(m.name for m in functions)]}
     step = learner.cbstate.metricsstep[phase] = {}
-    cb._steps[phase] = (cb._means[phase]["loss"], step, cb._means[phase], active)
-    cb._current = (phase, cb._steps[phase])
+    cb._epochs[phase] = _Epoch(means, functions, stateful, step)
     learner.cbstate.metricsepoch.setdefault(phase, {})
 
 
 @on.dispatch
 def _metrics_step_end(event: StepEnd, phase: Phase, cb: Metrics, learner):
-    current, entry = cb._current
-    loss_mean, step, means, active = entry if current is phase else cb._steps[phase]
+    epoch = cb._epochs[phase]
     batch = learner.batch
-    ys = batch.ys
-    try:
-        size = ys.shape[0]  # tensors and arrays
-    except (AttributeError, IndexError, TypeError):
-        size = _batch_size(ys)
-    loss = batch.loss
-    if loss.is_cpu and READ_CPU_VALUES:  # the add below, inline for the usual case
-        loss = loss.item()
-        loss_mean.host_total += loss * size
-        loss_mean.host_count += size
-        step["loss"] = loss
-    else:
-        step["loss"] = loss_mean.add(loss, size)
-    if active:
+    size = _batch_size(batch.ys)
+    epoch.step["loss"] = epoch.means["loss"].add(batch.loss, size)
+    if epoch.functions or epoch.stateful:
         with torch.no_grad():
-            preds = batch.preds
-            for m in active:
-                if m.stateful:
-                    m.fn.update(preds, ys)
-                else:
-                    step[m.name] = means[m.name].add(m.fn(preds, ys), size)
+            preds, ys = batch.preds, batch.ys
+            for m in epoch.functions:
+                epoch.step[m.name] = epoch.means[m.name].add(m.fn(preds, ys), size)
+            for m in epoch.stateful:
+                m.fn.update(preds, ys)
 
 
 @on.dispatch
 def _metrics_epoch_end(event: EpochEnd, phase: Phase, cb: Metrics, learner):
-    means = cb._means.pop(phase, None)
-    if means is None:
+    epoch = cb._epochs.pop(phase, None)
+    if epoch is None:  # cancelled at EpochBegin before this callback's turn
         return
     if is_distributed():  # before the check below: every rank must take part
-        _reduce_across_ranks(means, learner.device)
-    if means["loss"].empty():
+        _reduce_across_ranks(epoch.means, learner.device)
+    if epoch.means["loss"].count == 0:
         return  # an epoch without a completed step has no mean to record
-    results: dict[str, Any] = {name: mean.result() for name, mean in means.items()}
-    for m in cb._active[phase]:
-        if m.stateful:
-            results[m.name] = m.fn.compute()
-    epoch = learner.cbstate.metricsepoch.setdefault(phase, {})
+    results: dict[str, Any] = {name: mean.result() for name, mean in epoch.means.items()}
+    results.update((m.name, m.fn.compute()) for m in epoch.stateful)
+    record = learner.cbstate.metricsepoch.setdefault(phase, {})
     for name, value in _to_host(results).items():
-        epoch.setdefault(name, []).append(value)
+        record.setdefault(name, []).append(value)
 
 
 def _reduce_across_ranks(means: dict[str, _WeightedMean], device: torch.device) -> None:
     """Sum each mean's weighted total and count over all ranks, in one all-reduce."""
-    totals = [mean.total() for mean in means.values()]
-    sums = [torch.as_tensor(total, dtype=torch.float64).to(device).reshape(())
-            for total, _ in totals]
-    counts = torch.tensor([count for _, count in totals], dtype=torch.float64, device=device)
-    summed = all_reduce_sum(torch.cat([torch.stack(sums), counts]))
+    for mean in means.values():
+        mean.fold()
+    totals = [torch.as_tensor(mean.total, dtype=torch.float64, device=device).reshape(())
+              for mean in means.values()]
+    counts = torch.tensor([mean.count for mean in means.values()], dtype=torch.float64,
+                          device=device)
+    summed = all_reduce_sum(torch.cat([torch.stack(totals), counts]))
     n = len(means)
     for mean, total, count in zip(means.values(), summed[:n], summed[n:].tolist()):
-        mean.set_total(total, int(count))
+        mean.total, mean.count = total, int(count)
 
 
 def _to_host(results: dict[str, Any]) -> dict[str, float]:

@@ -34,10 +34,10 @@ class StopOnNaNLoss(Callback):
     """Stops training (`CancelFitException`, reason kept) on a non-finite loss.
 
     Args:
-        every: steps between checks on an accelerator (`None`: 64); the CPU checks every step.
+        every: steps between checks on an accelerator; the CPU checks every step.
     """
 
-    every: int | None = None
+    every: int = 64
     _flag: torch.Tensor | None = attrs.field(default=None, init=False, repr=False)
     _steps: int = attrs.field(default=0, init=False, repr=False)
 
@@ -48,7 +48,7 @@ def _nan_access(cb: StopOnNaNLoss):
 
 
 def _check(cb: StopOnNaNLoss, loss: torch.Tensor, phase: Phase) -> None:
-    if loss.is_cpu:  # (not loss.device.type: that makes a device object every step)
+    if loss.is_cpu:  # reading a CPU value is no device sync: check it now
         value = loss.item()
         if not math.isfinite(value):
             raise CancelFitException(f"StopOnNaNLoss: the {phase} loss is {value}; stopped "
@@ -57,7 +57,7 @@ def _check(cb: StopOnNaNLoss, loss: torch.Tensor, phase: Phase) -> None:
     bad = ~torch.isfinite(loss.detach())
     cb._flag = bad if cb._flag is None else cb._flag | bad
     cb._steps += 1
-    if cb._steps % (cb.every or 64) == 0:
+    if cb._steps % cb.every == 0:
         _read_flag(cb, phase)
 
 
@@ -74,18 +74,12 @@ def _nan_epoch_begin(event: EpochBegin, phase: Phase, cb: StopOnNaNLoss, learner
 
 @on.dispatch
 def _nan_training(event: BackwardBegin, phase: AbstractTrainingPhase, cb: StopOnNaNLoss, learner):
-    loss = learner.batch.loss
-    if loss.is_cpu and math.isfinite(loss.item()):  # the usual case on the CPU, inline
-        return
-    _check(cb, loss, phase)
+    _check(cb, learner.batch.loss, phase)
 
 
 @on.dispatch
 def _nan_validation(event: StepEnd, phase: AbstractValidationPhase, cb: StopOnNaNLoss, learner):
-    loss = learner.batch.loss
-    if loss.is_cpu and math.isfinite(loss.item()):  # the usual case on the CPU, inline
-        return
-    _check(cb, loss, phase)
+    _check(cb, learner.batch.loss, phase)
 
 
 @on.dispatch

@@ -119,6 +119,37 @@ def test_device_values_are_read_to_the_host_once_per_phase_and_epoch(host_reads)
     assert host_reads == ["tolist"] * 4
 
 
+@pytest.mark.parametrize("fold_every", [1024, 2])
+def test_device_means_are_weighted_by_batch_size(host_reads, monkeypatch, fold_every):
+    monkeypatch.setattr(metrics, "FOLD_EVERY", fold_every)  # 2: summed mid-epoch too
+    learner = test_learner(fp.Metrics(mean_pred, max_error))
+    host_reads.clear()  # building the test learner reads its random start
+    learner.fit(1, phases=[(VALID, UNEVEN * 2)])
+    assert host_reads == ["tolist"]
+    epoch = learner.cbstate.metricsepoch[VALID]
+    coeff = learner.model.coeff.item()
+    xs, ys = torch.cat(XS), torch.cat(YS)
+    assert epoch["loss"] == [pytest.approx((xs * coeff - ys).abs().mean().item(), rel=1e-6)]
+    assert epoch["mean_pred"] == [pytest.approx((xs * coeff).mean().item(), rel=1e-6)]
+    worst = [(x * coeff - y).abs().max().item() for x, y in UNEVEN]
+    by_size = (4 * worst[0] + 4 * worst[1] + 2 * worst[2]) / 10
+    assert epoch["max_error"] == [pytest.approx(by_size, rel=1e-6)]
+
+
+def test_device_values_are_summed_in_one_op_per_batch_size(host_reads, monkeypatch):
+    stacks = []
+    stack = torch.stack
+
+    def counting_stack(tensors, *args, **kwargs):
+        stacks.append(len(tensors))
+        return stack(tensors, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "stack", counting_stack)
+    validate(data=UNEVEN * 3)
+    assert sorted(stacks[:-1]) == [3, 6]  # the loss of 3 batches of 2 and 6 of 4
+    assert stacks[-1] == 1  # the epoch's results, read to the host together
+
+
 def test_device_and_cpu_accumulation_give_the_same_means(monkeypatch):
     def run():
         learner = test_learner(fp.Metrics(mean_pred, max_error), n_batches=5)
@@ -140,7 +171,7 @@ def test_cpu_values_are_read_per_step_and_no_tensor_is_kept(host_reads, monkeypa
 
     def counting_add(self, value, size):
         add(self, value, size)
-        kept.append(len(self.values))
+        kept.append(sum(len(values) for values in self._kept.values()))
 
     monkeypatch.setattr(metrics._WeightedMean, "add", counting_add)
     monkeypatch.setattr(metrics, "READ_CPU_VALUES", True)  # as it is (host_reads sets False)
@@ -149,7 +180,7 @@ def test_cpu_values_are_read_per_step_and_no_tensor_is_kept(host_reads, monkeypa
     learner.fit(1)
     # loss and mean_pred, for 4 training and 4 validation steps
     assert host_reads == ["item"] * (2 * 8)
-    assert kept == [0] * 8  # mean_pred's (the loss is added inline)
+    assert kept == [0] * (2 * 8)
 
 
 @pytest.mark.parametrize("read_cpu_values", [True, False])
