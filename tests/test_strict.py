@@ -1,6 +1,7 @@
 """Strict mode: an in-place change to what a handler may only read is a `ProtectedError`."""
 
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -268,3 +269,39 @@ def test_the_built_in_callbacks_train_cleanly_in_strict_mode():
     learner = test_learner(use_default_callbacks=True, n_batches=4)
     learner.fit(2)
     assert learner.cbstate.history[fp.TrainingPhase()].steps == 8
+
+
+def test_two_handlers_checked_at_once_on_threads_each_answer_for_their_own_reads():
+    """Each strict check notes what its own handler call reads, also while another handler
+    runs on another thread: here both have started before either reads, and the cheat's
+    change is found in its own check, the honest handler's check finds nothing."""
+    both_started, both_read = threading.Barrier(2, timeout=10), threading.Barrier(2, timeout=10)
+
+    class Publish(fp.Callback):
+        def init(self, learner):
+            learner.cbstate.norms = [torch.zeros(1), torch.zeros(1)]
+
+    @fp.stateaccess.dispatch
+    def _publish_access(cb: Publish):
+        return fp.Access(cbstate=fp.Access(norms=fp.Write()))
+
+    def cheat(learner):
+        both_started.wait()
+        learner.cbstate.norms[0].add_(1)
+        both_read.wait()
+
+    def honest(learner):
+        both_started.wait()
+        _ = learner.cbstate.norms[1].sum()
+        both_read.wait()
+
+    reads = fp.Access(cbstate=fp.Access(norms=fp.Read()))
+    _, error = _fit_raises(
+        _cheat(reads, cheat, event=fp.EpochEnd), _cheat(reads, honest, event=fp.EpochEnd,
+                                                        name="Honest"),
+        Publish(), executor=fp.ThreadedExecutor(max_workers=2), match=_msg(
+            "Cheat may not write learner.cbstate.norms[0]: add it to stateaccess(Cheat) (it has "
+            "read access there), e.g. fp.Write() at 'cbstate.norms' in the fp.Access tree that "
+            "stateaccess returns. Strict mode: Cheat's handler for EpochEnd in TrainingPhase "
+            "changed it in place."))
+    assert not any("Honest" in note for note in error.__notes__)

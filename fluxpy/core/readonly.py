@@ -41,7 +41,7 @@ import torch
 from .callback import Callback
 from .errors import ProtectedError
 
-__all__ = ["WATCH", "Denied", "Owned", "ReadOnlyCallable", "ReadOnlyMapping", "ReadOnlyObject",
+__all__ = ["WATCH", "Owned", "ReadOnlyCallable", "ReadOnlyMapping", "ReadOnlyObject",
            "ReadOnlySequence", "guard", "readonly"]
 
 #: Strict mode's note-taker for the handler call running in this thread (or context), set by
@@ -100,7 +100,7 @@ def readonly(value: Any, owner: Any, path: str) -> Any:
         return _owned(value, owner, path)
     if isinstance(value, _ReadOnly):  # another callback's read-only value: now with this path
         return readonly(value._fp_raw_do_not_use, owner, path)
-    if isinstance(value, (_AS_IS, Denied)):
+    if isinstance(value, _AS_IS):
         return _as_is(value, owner, path)
     if isinstance(value, np.ndarray):
         return _array(value, owner, path)
@@ -183,32 +183,6 @@ def _immutable(value: Any) -> bool:
                                   else dataclasses.fields(value)))
         return all(_immutable(getattr(value, name)) for name in names)
     return False
-
-
-class Denied:
-    """A namespace the callback may not see: any use raises `ProtectedError` with the full
-    path, so the message says `learner.batch.loss` rather than `learner.batch`."""
-
-    __slots__ = ("_fp_owner", "_fp_path")
-
-    def __init__(self, owner: Any, path: str) -> None:
-        object.__setattr__(self, "_fp_owner", owner)
-        object.__setattr__(self, "_fp_path", path)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        raise ProtectedError(self._fp_owner, f"{self._fp_path}.{name}", "read")
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise ProtectedError(self._fp_owner, f"{self._fp_path}.{name}", "write")
-
-    def _fp_use(self, *args: Any, **kwargs: Any) -> Any:
-        raise ProtectedError(self._fp_owner, self._fp_path, "read")
-
-    __delattr__ = __getitem__ = __setitem__ = __iter__ = __len__ = __contains__ = _fp_use
-    __bool__ = __call__ = __eq__ = __repr__ = __str__ = _fp_use
-    __hash__ = None  # type: ignore[assignment]
 
 
 class _ReadOnly:

@@ -34,7 +34,7 @@ import attrs
 
 from .access import Access, Write
 from .errors import ProtectedError
-from .readonly import Denied, Owned, guard, readonly
+from .readonly import Owned, guard, readonly
 from .state import Batch
 
 __all__ = ["ProtectedObject", "reference_view"]
@@ -87,7 +87,7 @@ class ProtectedObject(Owned):
         if permission is None:
             value = getattr(self._fp_shown(), name, None)
             if _is_namespace(value):  # so the error names the full path: learner.batch.loss
-                return Denied(self._fp_owner, path)
+                return _Denied(self._fp_owner, path)
             raise ProtectedError(self._fp_owner, path, "read")
         value = getattr(self._fp_shown(), name)
         if type(permission) is Write:
@@ -138,3 +138,29 @@ class ProtectedObject(Owned):
 
 def _is_namespace(value: Any) -> bool:
     return isinstance(value, (types.SimpleNamespace, Batch)) or attrs.has(type(value))
+
+
+class _Denied:
+    """A namespace the callback may not see: any use raises `ProtectedError` with the full
+    path, so the message says `learner.batch.loss` rather than `learner.batch`."""
+
+    __slots__ = ("_fp_owner", "_fp_path")
+
+    def __init__(self, owner: Any, path: str) -> None:
+        object.__setattr__(self, "_fp_owner", owner)
+        object.__setattr__(self, "_fp_path", path)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise ProtectedError(self._fp_owner, f"{self._fp_path}.{name}", "read")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise ProtectedError(self._fp_owner, f"{self._fp_path}.{name}", "write")
+
+    def _fp_use(self, *args: Any, **kwargs: Any) -> Any:
+        raise ProtectedError(self._fp_owner, self._fp_path, "read")
+
+    __delattr__ = __getitem__ = __setitem__ = __iter__ = __len__ = __contains__ = _fp_use
+    __bool__ = __call__ = __eq__ = __repr__ = __str__ = _fp_use
+    __hash__ = None  # type: ignore[assignment]
