@@ -7,8 +7,9 @@ per call (process time, so other processes on a shared machine do not count):
    handlers do nothing, the other callbacks have only the no-op fallback), next to the naive
    loop that calls `fp.on(event, phase, callback, view)` through plum for every callback.
    Events are fired as pre-made instances, as `fluxpy/loop.py` does.
-2. An attribute read through a callback's protected view against the same read on the raw
-   learner.
+2. An attribute read through a callback's protected view, and through the plain reference
+   view (`fluxpy.core.views_reference`, the specification it is tested against), against the
+   same read on the raw learner.
 3. The timing loop itself (`pass`), which every other number includes.
 
     python benchmarks/dispatch.py                 # prints the table, writes results/dispatch.md
@@ -30,6 +31,7 @@ import torch
 
 import fluxpy as fp
 from fluxpy.core.state import Batch
+from fluxpy.core.views_reference import reference_view
 from fluxpy.engine.loop import STEP_END
 from fluxpy.testing import test_learner
 
@@ -106,13 +108,14 @@ class Fallback:
         return None
 
 
-def read_rows(repeats: int) -> list[tuple[str, float, float]]:
+def read_rows(repeats: int) -> list[tuple[str, float, float | None, float]]:
     cb = Reader()
     learner = test_learner(fp.Recorder(), cb, strict=False)
     learner.batch = Batch(loss=torch.tensor(0.5))
-    namespace = {"view": learner.view(cb), "raw": learner, "proxy": Fallback()}
-    rows = [("reference: a class whose `__getattr__` returns `None` (`x.other` vs `x.model`)",
-             ns_per_call("proxy.other", namespace, repeats),
+    namespace = {"view": learner.view(cb), "raw": learner, "proxy": Fallback(),
+                 "reference": reference_view(learner, fp.stateaccess(cb), cb)}
+    rows = [("floor: a class whose `__getattr__` returns `None` (`x.other` vs `x.model`)",
+             ns_per_call("proxy.other", namespace, repeats), None,
              ns_per_call("proxy.model", namespace, repeats))]
     for what, path in [
         ("`Write()` on `model`", "model"),
@@ -121,8 +124,9 @@ def read_rows(repeats: int) -> list[tuple[str, float, float]]:
         ("`Read()` on `cbstate.history` (read-only dict)", "cbstate.history"),
     ]:
         viewed = ns_per_call(f"view.{path}", namespace, repeats)
+        reference = ns_per_call(f"reference.{path}", namespace, repeats)
         plain = ns_per_call(f"raw.{path}", namespace, repeats)
-        rows.append((f"{what}: `learner.{path}`", viewed, plain))
+        rows.append((f"{what}: `learner.{path}`", viewed, reference, plain))
     return rows
 
 
@@ -149,11 +153,16 @@ def markdown(dispatch, reads, loop_ns: float, repeats: int) -> str:
         "",
         "## Reading state through a protected view",
         "",
-        "| read | protected view (ns) | raw learner (ns) | ratio |",
-        "|------|--------------------:|-----------------:|------:|",
+        "The learner's view has the granted names as class attributes (`fluxpy/core/protect.py`);",
+        "the reference view answers every read in `__getattr__`.",
+        "",
+        "| read | protected view (ns) | reference view (ns) | raw learner (ns) | ratio |",
+        "|------|--------------------:|--------------------:|-----------------:|------:|",
     ]
-    for what, viewed, plain in reads:
-        lines.append(f"| {what} | {viewed:,.0f} | {plain:,.0f} | {viewed / plain:.1f}x |")
+    for what, viewed, reference, plain in reads:
+        shown = "" if reference is None else f"{reference:,.0f}"
+        lines.append(f"| {what} | {viewed:,.0f} | {shown} | {plain:,.0f} | "
+                     f"{viewed / plain:.1f}x |")
     lines += ["", f"Every number includes the timing loop itself: {loop_ns:.0f} ns per `pass`.", ""]
     return "\n".join(lines)
 
