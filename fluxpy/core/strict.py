@@ -23,15 +23,21 @@ Writes the callback may make are not reported: a change to anything also reachab
 of its `Write` paths (a model's parameters, for a callback that reads `model` and writes
 `optimizer`) is its own business.
 
-Strict mode copies what it notes at every handler call, so it is meant for tests and off by
-default; when it is off, handlers are not wrapped and reading costs nothing more.
+What is handed out during a call is noted through `fluxpy.core.readonly.WATCH`, a context
+variable set for the length of the call: per thread, so handlers running at once under
+`ThreadedExecutor` each note their own reads, and restored after, so the handlers of an event
+that a handler fires have their own.
+
+Strict mode copies what it notes at every handler call (on the tiny benchmark, Recorder +
+Metrics, a step costs about a third more), so it is meant for tests and off by default; when it
+is off, handlers are not wrapped and a value handed out as it is costs one context-variable
+lookup.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator, Mapping
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -56,12 +62,10 @@ def checked(method: Callable[..., Any], callback: Any, access: Access) -> Callab
 
     @functools.wraps(method)
     def strict_handler(event: Any, phase: Any, cb: Any, learner: Any) -> None:
-        watch = _Watch()
+        watch = _Watch(callback)
         for path in reads:
             watch.add(".".join(path), _read(learner, path), grant=".".join(path))
-        # For this call only, in this thread: the handlers of an event this one fires, and
-        # handlers running at the same time on other threads, have their own.
-        token = WATCH.set(partial(_note, callback, watch))
+        token = WATCH.set(watch.note)
         try:
             method(event, phase, cb, learner)
         except _CONTROL_FLOW:  # the handler's changes still count: check before stopping
@@ -72,12 +76,6 @@ def checked(method: Callable[..., Any], callback: Any, access: Access) -> Callab
         _check(watch, callback, writes, learner, event, phase)
 
     return strict_handler
-
-
-def _note(callback: Any, watch: _Watch, owner: Any, path: str, value: Any) -> None:
-    """Note `value`, handed to `owner` at `path`, if `owner` is the callback watched."""
-    if owner is callback:
-        watch.add(path, value)
 
 
 def _read(learner: Any, path: Path) -> Any:
@@ -92,11 +90,17 @@ def _read(learner: Any, path: Path) -> Any:
 
 
 class _Watch:
-    """What one handler call may only read: for each watched object, where it is and how
-    each of its parts looked (`_parts`, `_look`)."""
+    """What one handler call of `callback` may only read: for each watched object, where it
+    is and how each of its parts looked (`_parts`, `_look`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, callback: Any) -> None:
+        self.callback = callback
         self.objects: dict[int, tuple[str, str | None, Any, dict[str, tuple[Any, Any]]]] = {}
+
+    def note(self, owner: Any, path: str, value: Any) -> None:
+        """`readonly` handed `value` to `owner` at `path`: watch it if `owner` is ours."""
+        if owner is self.callback:
+            self.add(path, value)
 
     def add(self, path: str, value: Any, grant: str | None = None) -> None:
         if isinstance(value, _WATCHED) and id(value) not in self.objects:
