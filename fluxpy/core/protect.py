@@ -2,10 +2,10 @@
 (`fluxpy.core.views_reference`, the specification) with its granted names looked up in advance.
 
 A plain view answers every read in `__getattr__`, which Python calls only after its ordinary
-lookup has failed: about 0.7 us a read on CPython 3.11, against 0.1 us for a class attribute.
-Callbacks read the learner several times a step (Recorder and Metrics five times), and on the
-tiny benchmark the plain view made every step 5% slower (`benchmarks/dispatch.py` has the
-reads, `benchmarks/results/views.md` the measurement).
+lookup has failed: about 0.7 us a read on CPython 3.11, against 0.05 to 0.15 us for a class
+attribute (`benchmarks/dispatch.py`). Callbacks read the learner several times a step
+(Recorder and Metrics five times), and with the plain view as the learner's view, a step of
+the tiny benchmark took 5% longer, measured side by side in one process.
 
 So here each node of a callback's tree gets its own subclass of `ProtectedObject` whose class
 attributes are the names the node grants: a granted namespace is its child view itself, a
