@@ -31,7 +31,7 @@ from ..support.distributed import all_reduce_sum, is_distributed
 
 __all__ = ["Metric", "Metrics"]
 
-#: Per-step values are folded into one partial sum every this many steps, to bound memory.
+#: Kept device values of one batch size are summed once this many are kept, to bound memory.
 FOLD_EVERY = 1024
 #: Whether values on the CPU are read to Python numbers every step: there that is no device
 #: sync, and it keeps no tensor alive for the rest of the epoch. False treats them like
