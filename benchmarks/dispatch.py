@@ -32,7 +32,7 @@ import torch
 import fluxpy as fp
 from fluxpy.core.state import Batch
 from fluxpy.core.views_reference import reference_view
-from fluxpy.engine.loop import STEP_END
+from fluxpy.engine.framing import STEP_END
 from fluxpy.testing import test_learner
 
 RESULTS = Path(__file__).parent / "results" / "dispatch.md"

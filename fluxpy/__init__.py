@@ -87,6 +87,7 @@ from .core.phases import (
     ValidationPhase,
 )
 from .engine.executors import Executor, Handler, SerialExecutor, ThreadedExecutor
+from .engine.firing import fires
 from .engine.loop import epoch, run_epoch, run_step, step, update_parameters
 from .explain import explain
 from .learner import FitResult, Learner
@@ -183,6 +184,7 @@ __all__ = [
     "cosine",
     "epoch",
     "explain",
+    "fires",
     "fit_one_cycle",
     "init_distributed",
     "is_rank_zero",

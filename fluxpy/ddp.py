@@ -32,8 +32,10 @@ user. Then:
 
 Stopping together. A rank that left `fit` alone would leave the others waiting forever in the
 next gradient all-reduce. So under DDP a `CancelFitException` raised by a handler (early
-stopping, `StopOnNaNLoss`, yours) does not end `fit` on its rank at once: it is recorded (the
-rest of that event's handlers are skipped, as usual) and the step goes on. Before every
+stopping, `StopOnNaNLoss`, yours) does not end `fit` on its rank at once: the handler returns,
+the request is recorded, and the step goes on (each handler is wrapped for this when the
+learner plans it; the learner's executor is the user's). The same event's later handlers
+still run on that rank, as on the others. Before every
 optimizer step, and before and after every epoch, the ranks all-reduce a stop flag; if any
 rank asked, every rank raises `CancelFitException` there with that rank's reason, and no rank
 applies the update. The cost is one small CPU collective per optimizer step (no host-device
@@ -51,7 +53,7 @@ in. Other errors end their rank, and torchrun then ends the others.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -60,7 +62,6 @@ from torch.nn.parallel import DistributedDataParallel
 from .core.errors import CancelFitException
 from .core.phases import AbstractTrainingPhase, Phase
 from .core.state import Data
-from .engine.executors import Executor
 from .engine.loop import epoch
 from .support.distributed import (
     all_gather_object,
@@ -82,7 +83,7 @@ class DistributedTraining:
     `begin_fit` at the start of `fit` and `epoch` for each epoch."""
 
     def __init__(self) -> None:
-        self.stops = _StopRequests(None)
+        self.reason: str | None = None  # this rank's stop request, until the ranks agree
         self._shards: dict[tuple[int, bool], tuple[Any, Any]] = {}
         self._epochs: dict[Phase, int] = {}
         self._seed: int | None = None
@@ -121,14 +122,11 @@ class DistributedTraining:
         return cls()
 
     def begin_fit(self, learner: Any, plan: Sequence[tuple[Phase, Any]]) -> list[tuple[Phase, Any]]:
-        """Shard the data of `plan` (and `learner.data`), and take charge of stop requests;
-        returns the sharded plan."""
+        """Shard the data of `plan` (and `learner.data`), and hook the optimizer's step to
+        agree on a stop first; returns the sharded plan."""
         if self._seed is None:  # rank 0's seed, so that the ranks shuffle alike
             self._seed = broadcast_int(torch.initial_seed() % 2**31)
-        if not isinstance(learner.executor, _StopRequests):
-            self.stops = _StopRequests(learner.executor)
-            learner.executor = self.stops
-        self.stops.reason = None
+        self.reason = None
         optimizer = learner.optimizer
         if self._hooked is None or self._hooked[0] is not optimizer:
             if self._hooked is not None:
@@ -154,14 +152,30 @@ class DistributedTraining:
     def agree_on_stop(self) -> None:
         """Raise `CancelFitException` on every rank if any rank has recorded a stop request
         (every rank must call this at the same point)."""
-        reason = self.stops.reason
+        reason = self.reason
         flag = torch.tensor([0 if reason is None else 1], dtype=torch.int64)
         if all_reduce_sum(flag).item() == 0:
             return
         reasons = all_gather_object(reason)
         first = next(r for r, why in enumerate(reasons) if why is not None)
-        self.stops.reason = None
+        self.reason = None
         raise _AgreedStop(f"{reasons[first]} (rank {first})")
+
+    def deferring_stops(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        """The handler `method`, with a `CancelFitException` it raises recorded as this rank's
+        stop request instead of ending its `fit` alone (the learner plans handlers with it)."""
+
+        def run(event: Any, phase: Any, callback: Any, learner: Any) -> Any:
+            try:
+                return method(event, phase, callback, learner)
+            except _AgreedStop:  # every rank raises it at the same point: it ends fit
+                raise
+            except CancelFitException as stop:
+                if self.reason is None:
+                    self.reason = str(stop) or "CancelFitException"
+
+        run.__module__, run.__qualname__ = method.__module__, method.__qualname__
+        return run
 
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """The optimizer's step pre-hook: stop together, without the update, if asked."""
@@ -195,25 +209,3 @@ class DistributedTraining:
 
 class _AgreedStop(CancelFitException):
     """The stop every rank raises together (from an optimizer step inside a handler too)."""
-
-
-class _StopRequests(Executor):
-    """The learner's executor under DDP: a `CancelFitException` from a handler is recorded
-    as `reason` instead of ending this rank's `fit` alone."""
-
-    def __init__(self, inner: Executor | None) -> None:
-        self.inner = inner
-        self.reason: str | None = None
-
-    def run(self, event: Any, phase: Any, handlers: Sequence[Any]) -> None:
-        try:
-            self.inner.run(event, phase, handlers)  # type: ignore[union-attr]
-        except _AgreedStop:  # all ranks raise it at the same point: end fit
-            raise
-        except CancelFitException as stop:
-            if self.reason is None:
-                self.reason = str(stop) or "CancelFitException"
-
-    def close(self) -> None:
-        if self.inner is not None:
-            self.inner.close()

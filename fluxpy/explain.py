@@ -19,6 +19,7 @@ from .core.callback import UnsafeCallback, on
 from .core.events import BUILTIN_EVENTS, TRAINING_EVENTS, VALIDATION_EVENTS, Event, FitBegin, FitEnd
 from .core.graph import DECLARED, GIVEN_ORDER, STATE, CallbackGraph, Edge, Reason
 from .core.phases import AbstractTrainingPhase, Phase, TrainingPhase, ValidationPhase
+from .engine.firing import fires
 
 __all__ = ["Explanation", "explain"]
 
@@ -59,6 +60,7 @@ def explain(learner, phases: Sequence[Phase] | None = None, *, empty: bool = Fal
             parts.append("reads " + ", ".join(render_path(p) for p in access.reads()))
         if access.writes():
             parts.append("writes " + ", ".join(render_path(p) for p in access.writes()))
+        parts += [f"fires {', '.join(e.__name__ for e in fires(cb))}"] if fires(cb) else []
         if isinstance(cb, UnsafeCallback):
             parts.append("UNSAFE: gets the raw learner, nothing is checked")
         group = learner.groups.get(id(cb))
@@ -78,7 +80,7 @@ def explain(learner, phases: Sequence[Phase] | None = None, *, empty: bool = Fal
     for phase, events in sections:
         rows = []
         for event_type in events:
-            plan = learner._plan(event_type(), phase)
+            plan = learner.plans.handlers(event_type(), phase)
             if plan or empty:
                 rows.append((event_type.__name__, " -> ".join(h.name for h in plan) or "(none)"))
         handlers.append((phase, rows))

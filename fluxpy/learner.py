@@ -12,63 +12,48 @@ State a handler may be granted through `stateaccess`: `model`, `optimizer`, `los
 namespace each step), `cbstate` (state callbacks share), `callbacks`, `device`, `scaler`,
 `epoch_phases` (the phases of one epoch of the current `fit`, in order).
 
+How an event reaches a handler: `fit` runs `fp.epoch` for each phase, which runs `fp.step`
+for each batch (`fluxpy.engine.loop`); each event is fired through `learner.handle` or, in
+the built-in step, through the step's plan (`fluxpy.engine.framing`); `learner.plans`
+(`fluxpy.engine.plans`) knows which handlers an event runs, and the executor
+(`fluxpy.engine.executors`) runs them.
+
 Extending:
     Pass your own `executor=`; add phases with `fit(n, phases=[(phase, data), ...])`; change
     callbacks on a built learner with `add_callback`, `remove_callback`, `replace_callback`
-    (called by a handler during `fit`, they apply at the next epoch boundary; see `fit`).
+    or `set_callbacks` (called by a handler during `fit`, they apply at the next epoch
+    boundary; see `fit`); fire your own events with `handle` (from a custom step, or from a
+    handler whose callback declares them with `fp.fires`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import suppress
 from typing import Any
 
 import attrs
-import plum
 import torch
 
 from .arguments import flatten_callbacks, make_optimizer, missing_defaults
-from .core.callback import (
-    Callback,
-    UnsafeCallback,
-    handler_of,
-    on,
-    resolveconflict,
-    runafter,
-    stateaccess,
-)
+from .core.access import Access, Read
+from .core.callback import Callback, UnsafeCallback, resolveconflict, runafter, stateaccess
 from .core.errors import (
-    AmbiguousHandlerError,
+    CallbackDeclarationError,
     CallbackGraphError,
     CancelEpochException,
     CancelFitException,
 )
-from .core.events import (
-    BUILTIN_EVENTS,
-    Event,
-    FitBegin,
-    FitEnd,
-)
+from .core.events import BUILTIN_EVENTS, Event, FitBegin, FitEnd
 from .core.graph import CallbackGraph, build_graph
 from .core.phases import Phase, TrainingPhase, ValidationPhase
 from .core.protect import protect
 from .core.state import Batch, Data, State, as_data
 from .core.strict import checked
 from .ddp import DistributedTraining
-from .engine.executors import Executor, Handler, SerialExecutor
-from .engine.loop import (
-    BACKWARD_BEGIN,
-    BACKWARD_END,
-    EPOCH_BEGIN,
-    EPOCH_END,
-    LOSS_BEGIN,
-    STEP_BEGIN,
-    STEP_END,
-    TRAINING_STEP_EVENTS,
-    VALIDATION_STEP_EVENTS,
-    epoch,
-)
+from .engine.executors import Executor, SerialExecutor
+from .engine.firing import check_fire, fires, firing, firing_callback
+from .engine.loop import epoch
+from .engine.plans import Plans, method_for
 from .support.devices import resolve_device
 from .support.distributed import runs_on_this_rank
 
@@ -77,18 +62,10 @@ __all__ = ["FitResult", "Learner"]
 _FIT_PHASE = Phase()
 _FIT_BEGIN, _FIT_END = FitBegin(), FitEnd()
 _TRAINING, _VALIDATION = TrainingPhase(), ValidationPhase()
-#: The (event, phase) pairs of the built-in loop, planned when the callbacks are set. They are
-#: the objects the loop fires, so the plan lookups find them by identity.
-_BUILTIN_PAIRS: tuple[tuple[Event, Phase], ...] = (
-    (_FIT_BEGIN, _FIT_PHASE), (_FIT_END, _FIT_PHASE),
-    *((event, phase)
-      for event in (EPOCH_BEGIN, STEP_BEGIN, LOSS_BEGIN, BACKWARD_BEGIN, BACKWARD_END, STEP_END,
-                    EPOCH_END)
-      for phase in (_TRAINING, _VALIDATION)),
-)
-#: Cached plans (and identity entries) above which the cache starts afresh: events made anew
-#: for every fire would otherwise fill it.
-_MAX_PLANS = 1024
+#: Runs the handlers of an event fired from a handler: in the firing handler's thread.
+_NESTED = SerialExecutor()
+#: The declarations the graph is built from: a method added to one rebuilds it at the next fit.
+_DECLARATIONS = (stateaccess, runafter, resolveconflict, fires)
 
 
 @attrs.frozen
@@ -128,6 +105,10 @@ class Learner:
             callback may only read (see `fluxpy.core.strict`); a change is an `fp.ProtectedError`
             naming the callback, the handler and the path. Costs a copy of what each handler
             reads, so it is meant for tests (`fluxpy.testing.test_learner` turns it on).
+
+    Attributes:
+        plans: the handlers each event runs (`fluxpy.engine.plans.Plans`), for executors,
+            `fp.explain` and tests; `plans.handlers(event, phase)` shows one plan.
     """
 
     def __init__(
@@ -155,7 +136,7 @@ class Learner:
             )
         if not isinstance(strict, bool):
             raise TypeError(f"strict must be True or False, not {strict!r}")
-        self.strict = strict  # read where handlers are planned (`_plan`)
+        self.strict = strict  # read where methods are prepared for the plans (`_prepare`)
         self.model = model
         self.loss_fn = loss_fn
         self.device = resolve_device(device)
@@ -167,16 +148,11 @@ class Learner:
         self.cbstate = State()
         self.scaler = None
         self.epoch_phases: tuple[Phase, ...] = ()
-        self.closing_epoch: Phase | None = None  # the phase whose EpochEnd is running
-        # The latest training step's autograd graph, kept until the next step has built its
-        # own: it holds the parameters' gradient accumulators, which the next forward reuses
-        # instead of making anew (see `loop._training_step`).
-        self._last_graph: Any = None
-        # (event, phase) -> plan, and (id(event), id(phase)) -> (plan, event, phase)
-        self._plans: dict[tuple[Any, Any], Any] = {}
-        self._stale = False
         self._fitting = False  # while true, changes of callbacks wait for an epoch boundary
         self._queued: list[Callback] | None = None  # the roots a change during fit asked for
+        # Every callback this learner has adopted (by id, kept alive so ids stay unique): each
+        # gets `init` once, also when it comes back (lr_find puts the callbacks back).
+        self._adopted: dict[int, Callback] = {}
         roots = list(callbacks)
         if use_default_callbacks:
             roots += missing_defaults(roots)
@@ -186,10 +162,7 @@ class Learner:
             if not any(isinstance(c, ToDevice) for c in flatten_callbacks(roots)[0]):
                 roots.append(ToDevice(self.device))
         self._roots: list[Callback] = []
-        self._set_callbacks(roots)
-        on.subscribe(self._methods_changed)
-        for fn in (stateaccess, runafter, resolveconflict):
-            fn.subscribe(self._declarations_changed)
+        self._install(roots)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -210,28 +183,31 @@ class Learner:
             raise ValueError(f"fit(n_epochs={n_epochs!r}): n_epochs must be an int >= 0")
         if data is not None:
             self.data = as_data(data)
-        plan = self._phase_plan(phases)
+        schedule = self._phases(phases)
         run_epoch = epoch if self.ddp is None else self.ddp.epoch
         if self.ddp is not None:
-            plan = self.ddp.begin_fit(self, plan)
-        self.epoch_phases = tuple(phase for phase, _ in plan)
-        if self._stale:
-            self._set_callbacks(self._roots, init=False)
+            schedule = self.ddp.begin_fit(self, schedule)
+        self.epoch_phases = tuple(phase for phase, _ in schedule)
+        if self._declared != _declarations():
+            self._install(self._roots)
         epochs, reason = 0, None
-        self.closing_epoch = None
         self._fitting = True
         try:
             self.handle(_FIT_BEGIN, _FIT_PHASE)
             for _ in range(n_epochs):
-                for phase, phase_data in plan:
+                for k, (phase, phase_data) in enumerate(schedule):
                     self._apply_queued(boundary=True)
-                    with suppress(CancelEpochException):  # raised at EpochBegin, after EpochEnd
+                    try:
                         run_epoch(self, phase, phase_data)
+                    except CancelEpochException:  # raised at EpochBegin, after EpochEnd
+                        pass
+                    except CancelFitException as stop:  # at the round's last EpochEnd: it ran
+                        if k == len(schedule) - 1 and getattr(stop, "epoch_ended", False):
+                            epochs += 1
+                        raise
                 epochs += 1
         except CancelFitException as stop:
             reason = str(stop) or "CancelFitException"
-            if plan and self.closing_epoch is not None and self.closing_epoch == plan[-1][0]:
-                epochs += 1  # stopped at the EpochEnd of the round's last phase: it ran
         except BaseException as exc:
             try:
                 self.handle(_FIT_END, _FIT_PHASE)
@@ -251,39 +227,17 @@ class Learner:
         return FitResult(epochs, reason)
 
     def handle(self, event: Event, phase: Phase) -> None:
-        """Fire `event` in `phase`: run the handlers of every callback that has one."""
-        # The loop fires the same event and phase objects every step: find their plan by
-        # identity, which needs no Python-level __hash__. The entry holds both objects, so
-        # their ids cannot be reused while it exists.
-        entry = self._plans.get((id(event), id(phase)))
-        if entry is None:
-            entry = self._plan_entry(event, phase)
-        plan = entry[0]
-        if plan:
-            self.executor.run(event, phase, plan)
+        """Fire `event` in `phase`: run the handlers of every callback that has one.
 
-    def _step_plans(self, phase: Phase, events: tuple[Event, ...]) -> tuple[tuple, ...]:
-        """The plans of `events` in `phase` (one tuple of handlers per event, empty for an
-        event without handlers), for steps that fire them through the executor themselves.
-        Kept with the plans, so it is dropped with them; `events` is a constant tuple."""
-        entry = self._plans.get((id(events), id(phase)))
-        if entry is None:
-            plans = tuple(self._plan_entry(event, phase)[0] for event in events)
-            entry = self._plans[(id(events), id(phase))] = (plans, events, phase)
-        return entry[0]
-
-    def _plan_entry(self, event: Event, phase: Phase) -> tuple[tuple[Handler, ...], Event, Phase]:
-        """The plan of an equal (event, phase), or a new one; remembered by identity too."""
-        plans = self._plans
-        plan = plans.get((event, phase))
-        if plan is None:
-            plan = self._plan(event, phase)
-        if len(plans) >= _MAX_PLANS:
-            plans.clear()
-            plans[(event, phase)] = plan
-        entry = (plan, event, phase)
-        plans[(id(event), id(phase))] = entry
-        return entry
+        From a handler (through its view), the callback must declare the event in `fp.fires`;
+        the handlers it sets off run then, in the handler's thread, before `handle` returns.
+        """
+        firer = firing_callback()
+        if firer is not None:
+            check_fire(firer, event)
+        handlers = self.plans.handlers(event, phase)
+        if handlers:
+            (self.executor if firer is None else _NESTED).run(event, phase, handlers)
 
     # -- callbacks -----------------------------------------------------------------------------
 
@@ -295,6 +249,16 @@ class Learner:
     # Each change is checked at once: a graph error (or a failing `init`) is raised at the call
     # and leaves the learner as it was. During `fit` it is applied at the next epoch boundary
     # (see `fit`); until then `callbacks` lists the callbacks as they are.
+
+    def set_callbacks(self, callbacks: Iterable[Callback]) -> None:
+        """Make `callbacks` (and groups) the learner's callbacks, all at once; `init` the ones
+        it has not had before. Checked like `add_callback`, and all or nothing."""
+        self._change(list(callbacks), "set_callbacks(...)")
+
+    @property
+    def given_callbacks(self) -> tuple[Callback, ...]:
+        """The callbacks as given (groups not flattened), for `set_callbacks` to put back."""
+        return tuple(self._wanted())
 
     def add_callback(self, callback: Callback) -> None:
         """Add a callback (or group), re-check the graph and `init` it."""
@@ -344,7 +308,7 @@ class Learner:
                 self._build(roots)  # only checked: applied at the next epoch boundary
                 self._queued = roots
             else:
-                self._set_callbacks(roots)
+                self._install(roots)
         except CallbackGraphError as exc:
             exc.add_note(f"{call} was refused; the learner's callbacks are as they were")
             raise
@@ -359,14 +323,14 @@ class Learner:
         if boundary:
             staying = {id(cb) for cb in flatten_callbacks(roots)[0]}
             self._fire_for(_FIT_END, lambda cb: id(cb) not in staying)
-        self._set_callbacks(roots)
+        self._install(roots)
         if boundary:
             self._fire_for(_FIT_BEGIN, lambda cb: all(cb is not old for old in before))
 
     def _fire_for(self, event: Event, chosen: Callable[[Callback], bool]) -> None:
         """Run the handlers of `event` of the `chosen` callbacks only, in plan order. They run
         one by one, not through the executor: their `.after` name handlers left out."""
-        for handler in self._plan_entry(event, _FIT_PHASE)[0]:
+        for handler in self.plans.handlers(event, _FIT_PHASE):
             if chosen(handler.callback):
                 handler()
 
@@ -385,68 +349,61 @@ class Learner:
         """The graph, views and groups of `roots`; raises every `CallbackGraphError` now."""
         flat, groups = flatten_callbacks(roots)
         graph = build_graph(flat)
-        views = tuple(
-            self if isinstance(cb, UnsafeCallback) else protect(self, access, cb)
-            for cb, access in zip(graph.callbacks, graph.access)
-        )
+        views = tuple(self._view(cb, access) for cb, access in zip(graph.callbacks, graph.access))
         _check_ambiguity(graph)
         return graph, views, groups
 
-    def _set_callbacks(self, roots: list[Callback], init: bool = True) -> None:
-        """Make `roots` the learner's callbacks and `init` the new ones. If a check or an
-        `init` fails, the learner is left as it was (callbacks, graph, views, plans)."""
+    def _view(self, cb: Callback, access: Access) -> Any:
+        """What `cb`'s handlers get: the raw learner if unsafe, else its protected view, with
+        `handle` for a callback that declares `fp.fires`."""
+        if isinstance(cb, UnsafeCallback):
+            return self
+        if access.get("handle") is not None:
+            name = type(cb).__name__
+            raise CallbackDeclarationError(
+                f"stateaccess({name}) grants learner.handle: declare the events {name} fires "
+                f"instead, with @fp.fires.dispatch def _(cb: {name}): return (MyEvent,)"
+            )
+        return protect(self, access | Access(handle=Read()) if fires(cb) else access, cb)
+
+    def _install(self, roots: list[Callback]) -> None:
+        """Make `roots` the learner's callbacks and `init` those it has not adopted before. If
+        a check or an `init` fails, the learner is left as it was (callbacks, graph, plans)."""
         graph, views, groups = self._build(roots)
-        previous = getattr(self, "graph", None)
-        old = {id(c) for c in previous.callbacks} if previous is not None else set()
-        saved = (previous, getattr(self, "_views", ()), getattr(self, "groups", {}),
-                 self._roots, self._plans, self._stale)
+        saved = (getattr(self, "graph", None), getattr(self, "_views", ()),
+                 getattr(self, "groups", {}), getattr(self, "plans", None), self._roots,
+                 getattr(self, "_declared", None))
         self.graph, self._views, self.groups = graph, views, groups
+        self.plans = Plans(graph, views, self._prepare)
         self._roots = list(roots)
-        self._plans = {}
-        self._stale = False
+        self._declared = _declarations()
+        adopted = {}
         try:
-            for event, phase in _BUILTIN_PAIRS:  # plan now, so the first fit starts ready
-                self._plan_entry(event, phase)
-            for phase, events in ((_TRAINING, TRAINING_STEP_EVENTS),
-                                  (_VALIDATION, VALIDATION_STEP_EVENTS)):
-                self._step_plans(phase, events)
-            if init:  # with the new graph in place: an `init` may look at `learner.callbacks`
-                for name, cb, view in zip(graph.names, graph.callbacks, views):
-                    if id(cb) not in old and runs_on_this_rank(cb):
-                        _init(cb, name, view, groups)
+            # With the new graph in place: an `init` may look at `learner.callbacks`.
+            for name, cb, view in zip(graph.names, graph.callbacks, views):
+                if id(cb) not in self._adopted and runs_on_this_rank(cb):
+                    _init(cb, name, view, groups)
+                    adopted[id(cb)] = cb
         except BaseException:
-            (self.graph, self._views, self.groups, self._roots, self._plans,
-             self._stale) = saved
+            (self.graph, self._views, self.groups, self.plans, self._roots,
+             self._declared) = saved
             raise
+        self._adopted.update(adopted)
 
-    def _plan(self, event: Event, phase: Phase) -> tuple[Handler, ...]:
-        graph = self.graph
-        handlers: list[Handler] = []
-        index: list[int] = []
-        for i in graph.order:
-            cb = graph.callbacks[i]
-            method = _method(type(event), type(phase), cb)
-            if method is not None and runs_on_this_rank(cb):
-                if self.strict and not isinstance(cb, UnsafeCallback):
-                    method = checked(method, cb, graph.access[i])
-                handlers.append(Handler(cb, graph.names[i], method, event, phase, self._views[i]))
-                index.append(i)
-        for k, h in enumerate(handlers):
-            i = index[k]
-            h.after = tuple(handlers[m] for m in range(k) if index[m] in graph.ancestors[i])
-        plan = tuple(handlers)
-        self._plans[(event, phase)] = plan
-        return plan
+    def _prepare(self, i: int, method: Any) -> Any:
+        """Callback `i`'s method as its plans run it (see `fluxpy.engine.plans.Prepare`)."""
+        cb = self.graph.callbacks[i]
+        if not runs_on_this_rank(cb):
+            return None
+        if self.strict and not isinstance(cb, UnsafeCallback):
+            method = checked(method, cb, self.graph.access[i])
+        if fires(cb):
+            method = firing(method, cb)
+        if self.ddp is not None:
+            method = self.ddp.deferring_stops(method)
+        return method
 
-    def _methods_changed(self, _fn: Any) -> None:
-        # A new dict, never a cleared one: the built-in steps tell that plans changed during
-        # an event by the identity of `_plans`.
-        self._plans = {}
-
-    def _declarations_changed(self, _fn: Any) -> None:
-        self._stale = True
-
-    def _phase_plan(self, phases: Sequence[tuple[Phase, Any]] | None) -> list[tuple[Phase, Any]]:
+    def _phases(self, phases: Sequence[tuple[Phase, Any]] | None) -> list[tuple[Phase, Any]]:
         if phases is None:
             if self.data is None or self.data.training is None:
                 raise ValueError(
@@ -494,18 +451,9 @@ def _short(callback: Callback | type) -> str:
     return callback.__name__ if isinstance(callback, type) else f"{type(callback).__name__}()"
 
 
-def _method(event: type, phase: type, cb: Callback):
-    try:
-        return handler_of(event, phase, type(cb))
-    except plum.AmbiguousLookupError as exc:
-        raise AmbiguousHandlerError(event, phase, cb, [_describe(m) for m in exc.methods]) from None
-
-
-def _describe(method: plum.Method) -> str:
-    """`module.function(StepEnd, Phase, MyCallback, Any)`: where a method is and what it takes."""
-    impl = method.implementation
-    types = ", ".join(getattr(t, "__name__", str(t)) for t in method.signature.types)
-    return f"{impl.__module__}.{impl.__qualname__}({types})"
+def _declarations() -> int:
+    """How many methods the declarations the graph is built from have had registered."""
+    return sum(fn.registrations for fn in _DECLARATIONS)
 
 
 def _check_ambiguity(graph: CallbackGraph) -> None:
@@ -514,4 +462,4 @@ def _check_ambiguity(graph: CallbackGraph) -> None:
         for event in BUILTIN_EVENTS:
             phases = (Phase,) if event in (FitBegin, FitEnd) else (TrainingPhase, ValidationPhase)
             for phase in phases:
-                _method(event, phase, cb)
+                method_for(event, phase, cb)

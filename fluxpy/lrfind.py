@@ -29,7 +29,7 @@ import copy
 import math
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -194,7 +194,7 @@ def lr_find(learner: Any, start: float = 1e-7, end: float = 10.0, n_steps: int =
     taking_part = [cb for cb in learner.callbacks if _takes_part(cb)]
     with _restoring(learner, taking_part):
         try:
-            learner._set_callbacks([*_select(learner._roots, taking_part),
+            learner.set_callbacks([*_select(learner.given_callbacks, taking_part),
                                     Scheduler({LearningRate: schedule}), sweep])
         except CallbackGraphError as exc:
             exc.add_note("lr_find runs only the callbacks that write learner state outside "
@@ -210,7 +210,7 @@ def _takes_part(cb: Callback) -> bool:
     return any(path[0] != "cbstate" for path in stateaccess(cb).writes())
 
 
-def _select(roots: list[Callback], keep: list[Callback]) -> list[Callback]:
+def _select(roots: Sequence[Callback], keep: list[Callback]) -> list[Callback]:
     """The roots to run: a kept callback with its children, else its kept descendants."""
     kept = {id(cb) for cb in keep}
     selected: list[Callback] = []
@@ -219,9 +219,7 @@ def _select(roots: list[Callback], keep: list[Callback]) -> list[Callback]:
         if id(cb) in kept:
             selected.append(cb)
             return
-        children = getattr(cb, "callbacks", None)
-        children = children() if callable(children) else children
-        for child in children or ():
+        for child in cb.subcallbacks():
             visit(child)
 
     for cb in roots:
@@ -233,7 +231,7 @@ def _select(roots: list[Callback], keep: list[Callback]) -> list[Callback]:
 def _restoring(learner: Any, taking_part: list[Callback]) -> Iterator[None]:
     """Snapshot the learner, and put it back afterwards (also after an error)."""
     model, optimizer, scaler = learner.model, learner.optimizer, learner.scaler
-    roots, batch, rng, training = list(learner._roots), learner.batch, _rng_state(), model.training
+    roots, batch, rng, training = learner.given_callbacks, learner.batch, _rng_state(), model.training
     model_state = copy.deepcopy(model.state_dict())
     grads = [None if p.grad is None else p.grad.detach().clone() for p in model.parameters()]
     optimizer_state = copy.deepcopy(optimizer.state_dict())
@@ -243,7 +241,7 @@ def _restoring(learner: Any, taking_part: list[Callback]) -> Iterator[None]:
     try:
         yield
     finally:
-        learner._set_callbacks(roots, init=False)
+        learner.set_callbacks(roots)
         model.load_state_dict(model_state)
         for p, grad in zip(model.parameters(), grads):
             p.grad = grad

@@ -3,7 +3,6 @@
 Each test defines its own callback classes: methods registered on `fp.on` persist.
 """
 
-import gc
 import pickle
 import re
 
@@ -232,35 +231,6 @@ def test_generic_function_dispatches_and_resolves_by_type():
     assert fn.which(int, str) is None
 
 
-def test_subscribers_are_told_about_each_registration():
-    fn = GenericFunction(_fallback2, arity=2, params="a, b")
-    told = []
-
-    def listener(changed):
-        told.append(changed)
-
-    fn.subscribe(listener)
-    fn.dispatch(_int_int)
-    assert told == [fn]
-
-
-def test_subscribed_bound_methods_are_held_weakly():
-    fn = GenericFunction(_fallback2, arity=2, params="a, b")
-    told = []
-
-    class Listener:
-        def changed(self, changed):
-            told.append(changed)
-
-    listener = Listener()
-    fn.subscribe(listener.changed)
-    del listener
-    gc.collect()
-    fn.dispatch(_int_int)
-    assert told == []
-    assert fn._subscribers == []
-
-
 def test_resolution_cache_is_dropped_on_registration():
     fn = GenericFunction(_fallback2, arity=2, params="a, b")
     assert fn.which(str, str) is None
@@ -324,9 +294,9 @@ def test_plan_skips_callbacks_with_only_the_fallback():
         pass
 
     learner = test_learner(Silent(), Handles(), Silent())
-    plan = learner._plan(fp.StepEnd(), fp.TrainingPhase())
+    plan = learner.plans.handlers(fp.StepEnd(), fp.TrainingPhase())
     assert [h.name for h in plan] == ["Handles"]
-    assert learner._plan(fp.StepBegin(), fp.TrainingPhase()) == ()
+    assert learner.plans.handlers(fp.StepBegin(), fp.TrainingPhase()) == ()
 
 
 @pytest.mark.parametrize(

@@ -81,7 +81,7 @@ def test_handlers_know_what_they_must_wait_for():
     reader = callback_type("Reader", fp.Access(cbstate=fp.Access(x=R)), handler=lambda cb: None)
     writer = callback_type("Writer", fp.Access(cbstate=fp.Access(x=W)), handler=lambda cb: None)
     free = callback_type("Free", handler=lambda cb: None)
-    plan = test_learner(reader(), free(), writer())._plan(PROBE, PHASE)
+    plan = test_learner(reader(), free(), writer()).plans.handlers(PROBE, PHASE)
     assert [(h.name, [a.name for a in h.after]) for h in plan] == [
         ("Free", []), ("Writer", []), ("Reader", ["Writer"]),
     ]
@@ -147,7 +147,7 @@ def test_threaded_executor_never_overlaps_a_no_conflict_pair():
 
     fp.resolveconflict.dispatch(_resolve)
     learner = threaded(left(), right())
-    plan = learner._plan(PROBE, PHASE)
+    plan = learner.plans.handlers(PROBE, PHASE)
     assert [[x.name for x in h.after] for h in plan] == [[], ["Left"]]
     learner.handle(PROBE, PHASE)
     assert met == []
@@ -358,7 +358,7 @@ def test_threaded_executor_never_overlaps_conflicting_handlers(pool, scenario):
             return
         MONITOR = Monitor(scenario.access)
         learner.handle(PROBE, PHASE)
-        plan = learner._plan(PROBE, PHASE)
+        plan = learner.plans.handlers(PROBE, PHASE)
     assert MONITOR.violations == []
     assert set(MONITOR.finished) == set(callbacks)
     for handler in plan:

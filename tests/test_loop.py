@@ -341,35 +341,3 @@ def test_training_epoch_puts_the_model_in_train_mode():
     learner.model.eval()
     fp.epoch(learner, TRAIN, test_batches(1))
     assert modes == [(True, False)]
-
-
-# -- autograd across steps ---------------------------------------------------------------------
-
-
-def _accumulators(loss):
-    """The AccumulateGrad nodes of `loss`'s graph: one per parameter it reaches."""
-    found, stack = set(), [loss.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is not None:
-            if type(node).__name__ == "AccumulateGrad":
-                found.add(node)
-            stack += [fn for fn, _ in node.next_functions]
-    return found
-
-
-def test_steps_reuse_the_parameters_gradient_accumulators_and_drop_them_after_the_epoch():
-    first_steps = []  # per step, the step whose graph made the coefficient's accumulator
-
-    class Tag(fp.UnsafeCallback):
-        pass
-
-    @fp.on.dispatch
-    def _tag_step_end(event: fp.StepEnd, phase: fp.TrainingPhase, cb: Tag, learner):
-        (accumulator,) = _accumulators(learner.batch.loss)  # held only during the handler
-        first_steps.append(accumulator.metadata.setdefault("first step", len(first_steps)))
-
-    learner = test_learner(Tag(), n_batches=3)
-    learner.fit(1)
-    assert first_steps == [0, 0, 0]  # one node for all steps, not a new one per step
-    assert learner._last_graph is None

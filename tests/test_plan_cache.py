@@ -1,63 +1,29 @@
-"""The plan cache: which handlers an event runs is resolved once, not per fire.
+"""Plans: which handlers an event runs is resolved once, not per fire.
 
-A plan holds only callbacks with a real method for the (event, phase); the no-op fallback is
-never called; a newly registered method is picked up at the next fire; each (event, phase)
-is planned once. Each test defines its own callback classes: methods registered on `fp.on`
+A plan holds only callbacks with a real method for the (event, phase); a callback with only
+the no-op fallback is in no plan, so it is never called; a newly registered method is picked
+up at the next step or fire; each (event, phase) is planned once (`learner.plans.builds`
+counts them). Each test defines its own callback classes: methods registered on `fp.on`
 persist for the whole session.
 """
-
-import collections
 
 import pytest
 
 import fluxpy as fp
-import fluxpy.core.callback
 from fluxpy.testing import test_learner
 
 N_BATCHES = 4
-
-
-def _counting_fallback(event, phase, callback, learner):
-    # Runs as the code of `fp.on`'s fallback, so it sees fluxpy.core.callback's globals.
-    _FALLBACK_CALLS.append(type(callback).__name__)  # noqa: F821
-
-
-@pytest.fixture
-def fallback_calls(monkeypatch):
-    """The names of the callbacks the no-op fallback of `fp.on` was called for."""
-    calls = []
-    monkeypatch.setattr(fluxpy.core.callback, "_FALLBACK_CALLS", calls, raising=False)
-    monkeypatch.setattr(fp.on.fallback, "__code__", _counting_fallback.__code__)
-    return calls
-
-
-@pytest.fixture
-def plan_builds(monkeypatch):
-    """`(event type, phase type) -> times planned`, for every learner made in the test."""
-    builds = collections.Counter()
-    plan = fp.Learner._plan
-
-    def counting_plan(self, event, phase):
-        builds[type(event).__name__, type(phase).__name__] += 1
-        return plan(self, event, phase)
-
-    monkeypatch.setattr(fp.Learner, "_plan", counting_plan)
-    return builds
+#: The (event, phase) pairs a fit of training and validation plans: FitBegin and FitEnd, and
+#: StepBegin, LossBegin, BackwardBegin, BackwardEnd, StepEnd (the step's plan), EpochBegin
+#: and EpochEnd in each of the two phases.
+PAIRS_OF_A_FIT = 2 + 2 * 7
 
 
 def _planned(learner, event, phase):
-    return [h.name for h in learner._plan(event, phase)]
+    return [h.name for h in learner.plans.handlers(event, phase)]
 
 
-def test_the_fallback_spy_sees_a_direct_call(fallback_calls):
-    class Direct(fp.Callback):
-        pass
-
-    fp.on(fp.StepEnd(), fp.TrainingPhase(), Direct(), None)
-    assert fallback_calls == ["Direct"]
-
-
-def test_callback_without_a_handler_for_an_event_is_not_in_its_plan(fallback_calls):
+def test_callback_without_a_handler_for_an_event_is_not_in_its_plan():
     class EpochEndOnly(fp.Callback):
         def __init__(self):
             self.epoch_ends = 0
@@ -72,10 +38,9 @@ def test_callback_without_a_handler_for_an_event_is_not_in_its_plan(fallback_cal
     assert _planned(learner, fp.StepEnd(), fp.TrainingPhase()) == ["Recorder"]
     assert _planned(learner, fp.EpochEnd(), fp.TrainingPhase()) == ["Recorder", "EpochEndOnly"]
     assert cb.epoch_ends == 4  # 2 epochs of training and validation
-    assert fallback_calls == []
 
 
-def test_callback_with_only_the_fallback_is_in_no_plan_and_never_called(fallback_calls):
+def test_callback_with_only_the_fallback_is_in_no_plan():
     class Silent(fp.Callback):
         pass
 
@@ -87,7 +52,6 @@ def test_callback_with_only_the_fallback_is_in_no_plan_and_never_called(fallback
             assert _planned(learner, event, phase) == []
     assert _planned(learner, fp.FitBegin(), fp.Phase()) == []
     assert result.epochs == 2
-    assert fallback_calls == []
 
 
 def test_registering_a_method_makes_it_run_at_the_next_fire():
@@ -110,7 +74,7 @@ def test_registering_a_method_makes_it_run_at_the_next_fire():
     assert cb.steps == 1 + N_BATCHES
 
 
-def test_registering_a_method_in_a_handler_takes_effect_within_the_epoch():
+def test_registering_a_method_in_a_handler_takes_effect_from_the_next_step():
     class Registrar(fp.Callback):
         def __init__(self):
             self.late_calls = 0
@@ -121,12 +85,12 @@ def test_registering_a_method_in_a_handler_takes_effect_within_the_epoch():
     @fp.on.dispatch
     def _registrar_step_begin(event: fp.StepBegin, phase: fp.TrainingPhase, cb: Registrar,
                               learner):
-        if fp.on.which(fp.StepEnd, fp.TrainingPhase, Registrar, fp.Learner) is None:
+        if fp.on.which(fp.StepEnd, fp.TrainingPhase, Registrar, object) is None:
             fp.on.dispatch(_registrar_late)
 
     cb = Registrar()
     test_learner(cb, n_batches=N_BATCHES).fit(1)
-    assert cb.late_calls == N_BATCHES  # from the first step on
+    assert cb.late_calls == N_BATCHES - 1  # the step's plan was fetched when it began
 
 
 def test_a_callback_added_in_a_handler_runs_from_the_next_epoch():
@@ -153,7 +117,7 @@ def test_a_callback_added_in_a_handler_runs_from_the_next_epoch():
     assert cb.late.backward_ends == N_BATCHES  # the second training epoch's steps
 
 
-def test_plans_are_built_once_per_event_and_phase(plan_builds):
+def test_plans_are_built_once_per_event_and_phase():
     class Counter(fp.Callback):
         pass
 
@@ -162,35 +126,52 @@ def test_plans_are_built_once_per_event_and_phase(plan_builds):
         pass
 
     learner = test_learner(fp.Recorder(), Counter(), n_batches=N_BATCHES)
-    learner.fit(3)
-    assert plan_builds[("StepEnd", "TrainingPhase")] == 1
-    assert plan_builds[("StepEnd", "ValidationPhase")] == 1
-    assert plan_builds[("EpochEnd", "TrainingPhase")] == 1
-    assert plan_builds[("FitBegin", "Phase")] == 1
-    assert set(plan_builds.values()) == {1}
+    learner.fit(1)
+    assert learner.plans.builds == PAIRS_OF_A_FIT
+    learner.fit(2)
+    assert learner.plans.builds == PAIRS_OF_A_FIT
 
 
-def test_a_custom_event_is_planned_at_its_first_fire_only(plan_builds):
+def test_a_custom_event_is_planned_at_its_first_fire_only():
     class Ping(fp.Event):
         pass
 
     learner = test_learner(fp.Recorder(), n_batches=N_BATCHES)
     for _ in range(5):
         learner.handle(Ping(), fp.TrainingPhase())
-    assert plan_builds[("Ping", "TrainingPhase")] == 1
+    assert learner.plans.builds == 1
 
 
-def test_registering_a_method_replans_on_the_next_fire(plan_builds):
+def test_registering_a_method_replans_on_the_next_fire():
     class Replanned(fp.Callback):
         pass
 
     learner = test_learner(Replanned(), n_batches=N_BATCHES)
     learner.fit(1)
-    assert plan_builds[("StepEnd", "TrainingPhase")] == 1
+    assert learner.plans.builds == PAIRS_OF_A_FIT
 
     @fp.on.dispatch
     def _replanned_epoch_end(event: fp.EpochEnd, phase: fp.Phase, cb: Replanned, learner):
         pass
 
     learner.fit(1)
-    assert plan_builds[("StepEnd", "TrainingPhase")] == 2
+    assert learner.plans.builds == 2 * PAIRS_OF_A_FIT
+    assert _planned(learner, fp.EpochEnd(), fp.ValidationPhase()) == ["Replanned"]
+
+
+def test_a_change_of_callbacks_makes_new_plans():
+    learner = test_learner(fp.Recorder(), n_batches=N_BATCHES)
+    learner.fit(1)
+    plans = learner.plans
+    learner.add_callback(fp.Metrics())
+    assert learner.plans is not plans
+    assert _planned(learner, fp.StepEnd(), fp.TrainingPhase()) == ["Recorder", "Metrics"]
+
+
+@pytest.mark.parametrize("phase", [fp.TrainingPhase(), fp.ValidationPhase()])
+def test_the_step_plan_names_the_plan_of_each_step_event(phase):
+    learner = test_learner(fp.Recorder(), fp.Metrics())
+    plan = learner.plans.step(phase)
+    assert plan.step_end == learner.plans.handlers(fp.StepEnd(), phase)
+    assert [h.name for h in plan.step_end] == ["Recorder", "Metrics"]
+    assert plan.step_begin == plan.loss_begin == plan.backward_begin == plan.backward_end == ()

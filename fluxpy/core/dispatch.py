@@ -6,8 +6,9 @@ bare name across packages) and adds what the training loop needs:
 
 - `.dispatch` registers a method and returns the decorated function unchanged, so it stays
   importable, testable and picklable;
-- `.registrations` counts registrations, and `subscribe` lets a learner drop its cached plans
-  when a method is added (plum itself has no hook);
+- `.registrations` counts registrations: the learner's plans remember the count of `on` and
+  start again when it changes, and its graph is rebuilt at the next `fit` when the count of a
+  declaration changes (plum itself has no hook);
 - `.resolve(*types)` / `.which(*types)` say which method applies to argument types without
   calling it, which is how the loop builds its plans once instead of dispatching per call.
 
@@ -17,7 +18,6 @@ Fallbacks carry no return annotation: plum converts returns when one is present 
 from __future__ import annotations
 
 import inspect
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -47,7 +47,6 @@ class GenericFunction:
         self._function = plum.Function(fallback)
         self._function.register(fallback)
         self._cache: dict[tuple[type, ...], Callable[..., Any]] = {}
-        self._subscribers: list[weakref.ReferenceType] = []
         self.__name__ = fallback.__name__.lstrip("_")
         self.__qualname__ = self.__name__
         self.__doc__ = fallback.__doc__
@@ -70,7 +69,6 @@ class GenericFunction:
         self._function.register(method, precedence=precedence)
         self.registrations += 1
         self._cache.clear()
-        self._notify()
         return method
 
     def resolve(self, *types: type) -> Callable[..., Any]:
@@ -94,20 +92,6 @@ class GenericFunction:
     def methods(self) -> list:
         """The registered plum methods (signatures and implementations)."""
         return list(self._function.methods)
-
-    def subscribe(self, listener: Callable[[GenericFunction], None]) -> None:
-        """Call `listener(self)` after each registration; bound methods are held weakly."""
-        ref = weakref.WeakMethod(listener) if inspect.ismethod(listener) else weakref.ref(listener)
-        self._subscribers.append(ref)
-
-    def _notify(self) -> None:
-        alive = []
-        for ref in self._subscribers:
-            listener = ref()
-            if listener is not None:
-                alive.append(ref)
-                listener(self)
-        self._subscribers = alive
 
     def _check_arity(self, method: Callable[..., Any]) -> None:
         if self.arity is None:

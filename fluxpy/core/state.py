@@ -22,8 +22,7 @@ class Batch:
     """
 
     def __init__(self, **state: Any) -> None:
-        for name, value in state.items():
-            setattr(self, name, value)
+        self.__dict__.update(state)
 
     def __repr__(self) -> str:
         return f"Batch({', '.join(f'{n}={v!r}' for n, v in vars(self).items())})"

@@ -131,7 +131,7 @@ def test_a_folder_with_another_runs_later_checkpoints_is_refused_at_fit_begin(tm
 def test_it_runs_after_every_other_callback(tmp_path):
     stopper = fp.EarlyStopping(patience=5)
     learner = test_learner(fp.Checkpointer(tmp_path), fp.Recorder(), fp.Metrics(), stopper)
-    plan = learner._plan(fp.EpochEnd(), fp.ValidationPhase())
+    plan = learner.plans.handlers(fp.EpochEnd(), fp.ValidationPhase())
     assert [h.name for h in plan] == ["Recorder", "Metrics", "EarlyStopping", "Checkpointer"]
     learner.fit(1)
     saved = torch.load(tmp_path / "epoch-0001.pt", weights_only=True)["callbacks"]

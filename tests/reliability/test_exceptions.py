@@ -229,8 +229,8 @@ class Pair(fp.Callback):
 
 def learner_state(learner):
     """What a failed change of callbacks must leave as it was."""
-    return (learner.graph, learner._views, learner._plans, learner.callbacks,
-            learner._roots.copy(), learner.groups)
+    return (learner.graph, learner._views, learner.plans, learner.callbacks,
+            learner.given_callbacks, learner.groups)
 
 
 def test_init_that_raises_while_building_keeps_its_type_with_a_note_naming_the_callback():

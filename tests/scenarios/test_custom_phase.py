@@ -90,7 +90,7 @@ def test_custom_phase_runs_in_train_mode():
 
 def test_explain_lists_the_custom_event_for_the_custom_phase():
     text = fp.explain(test_learner(Tally()), phases=[TwoPassPhase()])
-    assert "Halfway        Tally" in text
+    assert "Halfway  Tally" in text
 
 
 def test_custom_step_cancelled_at_step_begin_skips_that_step_only():
