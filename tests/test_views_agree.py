@@ -32,6 +32,9 @@ class Other(fp.Callback):
 class Root:
     """A learner: any object with attributes."""
 
+    def __repr__(self):
+        return "Root()"
+
 
 class Plain:
     def __init__(self):
