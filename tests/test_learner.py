@@ -322,6 +322,53 @@ def test_add_callback_does_not_init_the_others_again():
     assert first.inits == 1
 
 
+def test_set_callbacks_replaces_all_callbacks_at_once():
+    kept, gone, new = InitCount(), fp.Recorder(), fp.Metrics()
+    learner = learner_with(callbacks=[kept, gone])
+    learner.set_callbacks([new, kept])
+    assert learner.callbacks == (new, kept)
+    assert learner.given_callbacks == (new, kept)
+    assert kept.inits == 1
+
+
+def test_set_callbacks_does_not_init_a_callback_the_learner_had_before():
+    first = InitCount()
+    learner = learner_with(callbacks=[first])
+    learner.set_callbacks([fp.Recorder()])
+    learner.set_callbacks([first])
+    assert first.inits == 1
+
+
+def test_set_callbacks_refused_by_the_graph_leaves_the_callbacks_as_they_were():
+    recorder = fp.Recorder()
+    learner = learner_with(callbacks=[recorder])
+    with pytest.raises(fp.MissingStateError) as raised:
+        learner.set_callbacks([fp.MetricsPrinter()])
+    assert raised.value.__notes__ == [
+        "set_callbacks(...) was refused; the learner's callbacks are as they were"]
+    assert learner.callbacks == (recorder,)
+
+
+def test_set_callbacks_during_fit_applies_at_the_next_epoch_boundary():
+    log = Log()
+    learner = learner_with(data=(DATA, DATA), callbacks=[
+        Changer(fp.StepEnd, 1, lambda learner: learner.set_callbacks([log]))])
+    learner.fit(1)
+    assert log.seen[:3] == ["init", "FitBegin Phase", "EpochBegin ValidationPhase"]
+    assert learner.callbacks == (log,)
+
+
+def test_fit_counts_an_epoch_stopped_at_the_last_phases_epoch_end():
+    stop = Changer(fp.EpochEnd, 2, lambda learner: _raise(fp.CancelFitException("done")))
+    assert learner_with(data=(DATA, DATA), callbacks=[stop]).fit(3).epochs == 1
+    stop = Changer(fp.EpochEnd, 1, lambda learner: _raise(fp.CancelFitException("done")))
+    assert learner_with(data=(DATA, DATA), callbacks=[stop]).fit(3).epochs == 0
+
+
+def _raise(exc):
+    raise exc
+
+
 def test_add_callback_adds_a_group_with_its_members():
     learner = learner_with(data=(DATA, DATA))
     member = InitCount()

@@ -127,6 +127,16 @@ def test_a_stop_under_ddp_ends_fit_with_the_reason_and_the_rank(world_of_one):
     assert torch.isfinite(learner.model.module.coeff).all()
 
 
+def test_ddp_keeps_the_users_executor_and_stops_the_handlers_ask_for(world_of_one):
+    executor = fp.SerialExecutor()
+    learner = test_learner(fp.StopOnNaNLoss(), n_batches=4, distributed=True, executor=executor)
+    learner.data.training[1] = (torch.full((8,), float("nan")), torch.zeros(8))
+    result = learner.fit(2)
+    assert learner.executor is executor
+    assert result.stop_reason.endswith("(rank 0)")
+    assert result.epochs == 0
+
+
 def test_set_gradient_sync_leaves_a_plain_model_alone():
     model = torch.nn.Linear(2, 1)
     distributed.set_gradient_sync(model, False)
