@@ -22,7 +22,8 @@ Where each built-in event fires in the built-in training step:
 
 Extending:
     Subclass `Event` (decorated with `@attrs.frozen`) and fire it from a custom step with
-    `learner.handle(MyEvent(), phase)`; handlers are written as for built-in events.
+    `learner.handle(MyEvent(), phase)`, or from a handler whose callback declares it with
+    `fp.fires` (see `fluxpy.engine.firing`); handlers are written as for built-in events.
 """
 
 from __future__ import annotations
