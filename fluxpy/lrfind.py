@@ -231,7 +231,8 @@ def _select(roots: Sequence[Callback], keep: list[Callback]) -> list[Callback]:
 def _restoring(learner: Any, taking_part: list[Callback]) -> Iterator[None]:
     """Snapshot the learner, and put it back afterwards (also after an error)."""
     model, optimizer, scaler = learner.model, learner.optimizer, learner.scaler
-    roots, batch, rng, training = learner.given_callbacks, learner.batch, _rng_state(), model.training
+    roots, batch, rng = learner.given_callbacks, learner.batch, _rng_state()
+    training = model.training
     model_state = copy.deepcopy(model.state_dict())
     grads = [None if p.grad is None else p.grad.detach().clone() for p in model.parameters()]
     optimizer_state = copy.deepcopy(optimizer.state_dict())
