@@ -17,7 +17,7 @@ class Batch(SimpleNamespace):
     A fresh `Batch` is made for every step, so nothing leaks from one step to the next. It is a
     `SimpleNamespace`: `Batch(xs=..., ys=...)`, any attribute can be added, `vars(batch)` lists
     them, and a name not set yet raises `AttributeError`. (SimpleNamespace's own `__init__`, in
-    C, makes a step 0.3 us cheaper than one written in Python (A/B).)
+    C, makes a built-in step 0.6 us cheaper than a Python one (A/B).)
     """
 
 
