@@ -242,6 +242,14 @@ class Learner:
     # -- callbacks -----------------------------------------------------------------------------
 
     @property
+    def rng(self) -> Any:
+        """`rng` is a declaration, not a value: see the AttributeError's message."""
+        raise AttributeError(
+            "learner.rng holds nothing to read or set: `rng=fp.Write()` in stateaccess declares "
+            "that a callback draws random numbers (from torch, numpy or random directly), so "
+            "the graph orders it against other callbacks that do.")
+
+    @property
     def callbacks(self) -> tuple[Callback, ...]:
         """All callbacks (groups flattened), in the order they were given."""
         return self.graph.callbacks

@@ -617,3 +617,20 @@ def test_fit_zero_epochs_fires_only_fit_begin_and_fit_end():
     seen = []
     test_learner(fp.CustomCallback(lambda learner: seen.append(1))).fit(0)
     assert seen == [1, 1]
+
+
+def test_rng_is_a_declaration_and_reading_it_says_so():
+    class Dice(fp.Callback):
+        pass
+
+    @fp.stateaccess.dispatch
+    def _dice_access(cb: Dice):
+        return fp.Access(rng=fp.Write())
+
+    learner = learner_with(callbacks=[Dice()])
+    message = re.escape("learner.rng holds nothing to read or set: `rng=fp.Write()` in "
+                        "stateaccess declares that a callback draws random numbers")
+    with pytest.raises(AttributeError, match=message):
+        _ = learner.rng
+    with pytest.raises(AttributeError, match=message):
+        _ = learner.view(learner.get_callback(Dice)).rng
