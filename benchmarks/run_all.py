@@ -71,55 +71,70 @@ def plot(numbers: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def summary(numbers: dict, threaded: str) -> str:
-    """The targets and what this run measured, as a Markdown table."""
-    by = {(r["size"], r["variant"]): r for r in numbers["rows"]}
+def summary(numbers: dict, threaded: str, previous: dict | None = None) -> str:
+    """The targets, what this run measured and, beside it, what the run before measured (the
+    `overhead.json` this run replaced), as a Markdown table."""
 
-    def ratio(variant: str) -> str:
-        r = by.get(("tiny", variant))
-        return "not run" if r is None else f"{r['ratio']:.3f} ({r['low']:.2f}-{r['high']:.2f})"
+    def ratio(run: dict | None, variant: str) -> str:
+        r = _row(run, variant)
+        return "-" if r is None else f"{r['ratio']:.3f} ({r['low']:.2f}-{r['high']:.2f})"
 
-    def per_step(variant: str) -> str:
+    def per_step(run: dict | None, variant: str) -> str:
         """What the variant adds to a step of the raw loop, in microseconds of CPU time."""
-        r, raw = by.get(("tiny", variant)), by.get(("tiny", numbers["baseline"]))
-        if r is None or raw is None:
-            return "not run"
-        extra = (r["ratio"] - 1) * raw["cpu_seconds"] / numbers["steps_per_fit"]
+        r, raw = _row(run, variant), _row(run, numbers["baseline"])
+        if r is None or raw is None or "steps_per_fit" not in run:
+            return "-"
+        extra = (r["ratio"] - 1) * raw["cpu_seconds"] / run["steps_per_fit"]
         return f"{extra * 1e6:+.1f} us per step"
 
-    steps = numbers["steps"]
+    def epoch_end_only(run: dict | None) -> str:
+        steps = (run or {}).get("steps")
+        if not steps:
+            return "-"
+        return (f"{100 * (steps['ratio'] - 1):+.2f}% (per-round ratio {steps['ratio']:.3f}, "
+                f"{steps['low']:.3f}-{steps['high']:.3f}; {steps['plain_seconds'] * 1e6:.1f} us "
+                f"vs {steps['extra_seconds'] * 1e6:.1f} us)")
+
+    def both(measure, *args) -> str:
+        return f"{measure(numbers, *args)} | {measure(previous, *args)}"
+
     two = next((line for line in threaded.splitlines() if line.startswith("| 2 |")), None)
     serial_ms, threaded_ms = (two.split("|")[2].strip(), two.split("|")[3].strip()) if two \
         else ("?", "?")
-    peers = [f"{v}: {ratio(v)}" for v in ("ignite", "lightning")
-             if ("tiny", v) in by]
+    minimal, strict = "fluxpy: Recorder + Metrics", "fluxpy: Recorder + Metrics, strict mode"
     lines = [
         "# Benchmark summary",
         "",
-        "What `make bench` measured in its last run, against the targets. Ratios are "
-        "medians of per-round CPU-time ratios to the raw PyTorch loop that calls "
-        "`loss.item()` every step (min-max in brackets); details in the tables below.",
+        "What `make bench` measured in its last run, against the targets, and what the run "
+        "before it measured. Ratios are medians of per-round CPU-time ratios to the raw "
+        "PyTorch loop that calls `loss.item()` every step (min-max in brackets); details in "
+        "the tables below.",
         "",
-        "| target | measured |",
-        "|---|---|",
-        f"| tiny MLP, Recorder + Metrics: <= 1.05x | {ratio('fluxpy: Recorder + Metrics')} |",
+        "| target | measured | the run before |",
+        "|---|---|---|",
+        f"| tiny MLP, Recorder + Metrics: <= 1.05x | {both(ratio, minimal)} |",
         "| tiny MLP, Recorder + Metrics: <= 10 us per step above the raw loop | "
-        f"{per_step('fluxpy: Recorder + Metrics')} |",
+        f"{both(per_step, minimal)} |",
         "| tiny MLP, default callbacks, progress bar off: <= 1.10x | "
-        f"{ratio('fluxpy: defaults, no progress bar')} |",
+        f"{both(ratio, 'fluxpy: defaults, no progress bar')} |",
         "| 20 callbacks that handle only `EpochEnd` add < 1% to the step time | "
-        f"{100 * (steps['ratio'] - 1):+.2f}% (per-round ratio {steps['ratio']:.3f}, "
-        f"{steps['low']:.3f}-{steps['high']:.3f}; {steps['plain_seconds'] * 1e6:.1f} us vs "
-        f"{steps['extra_seconds'] * 1e6:.1f} us) |",
+        f"{both(epoch_end_only)} |",
         "| two independent 20 ms epoch-end I/O handlers: ~20 ms threaded, not 40 | "
-        f"{threaded_ms} ms threaded, {serial_ms} ms serial |",
+        f"{threaded_ms} ms threaded, {serial_ms} ms serial | - |",
         "| (strict mode, for tests: tiny MLP, Recorder + Metrics) | "
-        f"{ratio('fluxpy: Recorder + Metrics, strict mode')}, "
-        f"{per_step('fluxpy: Recorder + Metrics, strict mode')} |",
+        f"{ratio(numbers, strict)}, {per_step(numbers, strict)} | "
+        f"{ratio(previous, strict)}, {per_step(previous, strict)} |",
     ]
-    if peers:
-        lines.append(f"| (peers on the same workload, tiny MLP) | {'; '.join(peers)} |")
+    for peer in ("ignite", "lightning"):
+        if _row(numbers, peer) is not None:
+            lines.append(f"| (peer on the same workload, tiny MLP) {peer} | {both(ratio, peer)} |")
     return "\n".join(lines) + "\n"
+
+
+def _row(run: dict | None, variant: str) -> dict | None:
+    """The tiny model's row of `variant` in an `overhead.json`, if it ran."""
+    return next((r for r in (run or {}).get("rows", ())
+                 if r["size"] == "tiny" and r["variant"] == variant), None)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,13 +149,15 @@ def main(argv: list[str] | None = None) -> None:
     if (HERE / "dispatch.py").exists():
         run("dispatch.py", "--out", str(results / "dispatch.md"),
             *(("--repeats", "3") if args.quick else ()))
+    committed = RESULTS / "overhead.json"  # the run before, for the summary
+    previous = json.loads(committed.read_text(encoding="utf-8")) if committed.exists() else None
     quick = ("--sizes", "tiny", "medium", "--repeats", "2") if args.quick else ()
     run("overhead.py", "--out", str(results / "overhead.md"),
         "--json", str(results / "overhead.json"), *quick)
     run("threaded.py", "--out", str(results / "threaded.md"))
     numbers = json.loads((results / "overhead.json").read_text(encoding="utf-8"))
     plot(numbers, results / "overhead.png")
-    text = summary(numbers, (results / "threaded.md").read_text(encoding="utf-8"))
+    text = summary(numbers, (results / "threaded.md").read_text(encoding="utf-8"), previous)
     (results / "results.md").write_text(text, encoding="utf-8")
     print(text)
     print(f"== results in {results}")
