@@ -78,6 +78,7 @@ from .core.events import (
     StepBegin,
     StepEnd,
 )
+from .core.every import Every
 from .core.graph import CallbackGraph, build_graph
 from .core.phases import (
     AbstractTrainingPhase,
@@ -129,6 +130,7 @@ __all__ = [
     "EpochBegin",
     "EpochEnd",
     "Event",
+    "Every",
     "Executor",
     "FitBegin",
     "FitEnd",
