@@ -2,19 +2,27 @@
 
     tb = fp.TensorBoardBackend("runs/exp1")
     callbacks = [fp.LogMetrics(tb, fp.CSVBackend("runs/exp1.csv")), fp.LogHyperParams(tb),
-                 fp.LogHistograms(tb, every=500)]
+                 fp.LogHistograms(tb, every=fp.Every(steps=500))]
 
 - `LogMetrics`: every phase's epoch values from `cbstate.metricsepoch` at `EpochEnd` (axis
-  "epoch", counted from 1); with `every=k` also the step values of `cbstate.metricsstep`
-  every `k` steps of each phase (axis "step", the step's index from 0). Step values stay on
-  the device until the epoch ends and are then read together, so logging adds no per-step
-  sync.
+  "epoch", counted from 1); with `every=fp.Every(steps=k)` also the step values of
+  `cbstate.metricsstep` every `k` steps of each phase (axis "step", the step's index from 0:
+  steps 0, k, 2k, ...), with `every=fp.Every(seconds=s)` at each phase's first step and then
+  its first step at least `s` seconds after the last one logged. Step values stay on the
+  device until the epoch ends and are then read together, so logging adds no per-step sync.
 - `LogHyperParams`: the optimizer's hyperparameters in each `param_groups` entry, as the
   update of a training step used them (`lr`, `momentum`, `beta1`/`beta2`, `weight_decay`;
-  with several groups named `lr/group1`, ...): every `every` training steps at `StepEnd`, or
-  with `every=None` once per training epoch (the last step's values).
-- `LogHistograms`: each parameter's values every `every` training steps (named
-  `params/<parameter name>`); this reads the parameters to the host at that rate.
+  with several groups named `lr/group1`, ...), at `StepEnd` of the training steps `every`
+  picks (`Every(steps=k)`: steps 0, k, 2k, ...; `Every(seconds=s)`: as for `LogMetrics`), or
+  with `every=fp.Every(epochs=k)` at the end of every `k`-th training epoch (the last step's
+  values; `every=None` is `Every(epochs=1)`).
+- `LogHistograms`: each parameter's values (named `params/<parameter name>`) at the training
+  steps or epoch ends `every` picks, as for `LogHyperParams`; this reads the parameters to
+  the host at that rate.
+
+A plain int `every=k` is `fp.Every(steps=k)`; the `every` attribute holds the `fp.Every`.
+Step and epoch periods count from the history, so a resumed run keeps its period; a period
+in seconds starts again in a new process (the first step after a resume is logged).
 
 Each flushes its backends at `EpochEnd` and closes them at `FitEnd`, which fires also after an
 error or Ctrl-C. Under `torch.distributed` only rank 0 logs. Step numbers come from
@@ -27,7 +35,8 @@ dropped instead of logged twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -36,9 +45,11 @@ import torch
 from ..core.access import Access, Read
 from ..core.callback import Callback, on, stateaccess
 from ..core.events import EpochEnd, FitBegin, FitEnd, StepEnd
+from ..core.every import Every
 from ..core.phases import AbstractTrainingPhase, Phase
 from ..support.distributed import is_rank_zero
 from .backends import LogBackend
+from .periodic import as_every, due_after_step
 
 __all__ = ["LogHistograms", "LogHyperParams", "LogMetrics"]
 
@@ -58,17 +69,21 @@ def _backends(instance: Any, attribute: attrs.Attribute, value: tuple) -> None:
                             "your own fp.LogBackend subclass")
 
 
-def _every(instance: Any, attribute: attrs.Attribute, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{type(instance).__name__}(every={value!r}): every is a number of "
-                         "steps >= 1")
+def _metrics_every(value: object) -> Every | None:
+    if value is None:
+        return None
+    return as_every("LogMetrics", value, ("steps", "seconds"),
+                    why="LogMetrics logs every epoch's values already; every= says when it "
+                        "also logs step values")
 
 
-def _every_or_none(instance: Any, attribute: attrs.Attribute, value: int | None) -> None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                              or value < 1):
-        raise ValueError(f"{type(instance).__name__}(every={value!r}): every is a number of "
-                         "steps >= 1, or None")
+def _hyperparams_every(value: object) -> Every:
+    return as_every("LogHyperParams", Every(epochs=1) if value is None else value,
+                    ("steps", "epochs", "seconds"))
+
+
+def _histograms_every(value: object) -> Every:
+    return as_every("LogHistograms", value, ("steps", "epochs", "seconds"))
 
 
 @attrs.define(init=False)
@@ -77,6 +92,9 @@ class _Logger(Callback):
 
     backends: tuple[LogBackend, ...] = attrs.field(validator=_backends)
     _active: bool = attrs.field(default=True, init=False, repr=False)
+    #: What `Every(seconds=...)` reads: `time.monotonic`; a test may put a fake clock here.
+    clock: Callable[[], float] = attrs.field(default=time.monotonic, init=False, repr=False)
+    _last: dict = attrs.field(factory=dict, init=False, repr=False)  # when it last logged
 
     def _scalar(self, name: str, value: float, step: int, phase: Phase, axis: str) -> None:
         for backend in self.backends:
@@ -97,14 +115,17 @@ class LogMetrics(_Logger):
 
     Args:
         *backends: where to log.
-        every: steps between step values, per phase; `None` logs epoch values only.
+        every: when to log step values too: `fp.Every(steps=k)` (steps 0, k, 2k, ... of each
+            phase; a plain int `k` means the same) or `fp.Every(seconds=s)`; `None` logs
+            epoch values only. `fp.Every(epochs=...)` is an error: epoch values are logged
+            every epoch.
     """
 
-    every: int | None = attrs.field(default=None, validator=_every_or_none)
+    every: Every | None = attrs.field(default=None, converter=_metrics_every)
     _logged: dict = attrs.field(factory=dict, init=False, repr=False)
     _pending: list = attrs.field(factory=list, init=False, repr=False)
 
-    def __init__(self, *backends: LogBackend, every: int | None = None) -> None:
+    def __init__(self, *backends: LogBackend, every: Every | int | None = None) -> None:
         self.__attrs_init__(tuple(backends), every)
 
     def _flush_steps(self) -> None:
@@ -126,27 +147,31 @@ class LogHyperParams(_Logger):
 
     Args:
         *backends: where to log.
-        every: training steps between logs; `None` logs once per training epoch.
+        every: `fp.Every(steps=k)` (training steps 0, k, 2k, ...; a plain int `k` means the
+            same; the default logs every step), `fp.Every(seconds=s)` or `fp.Every(epochs=k)`
+            (at the end of every `k`-th training epoch; `None` means `Every(epochs=1)`).
     """
 
-    every: int | None = attrs.field(default=1, validator=_every_or_none)
+    every: Every = attrs.field(default=Every(steps=1), converter=_hyperparams_every)
 
-    def __init__(self, *backends: LogBackend, every: int | None = 1) -> None:
+    def __init__(self, *backends: LogBackend, every: Every | int | None = 1) -> None:
         self.__attrs_init__(tuple(backends), every)
 
 
 @attrs.define(init=False)
 class LogHistograms(_Logger):
-    """Logs a histogram of each parameter every `every` training steps.
+    """Logs a histogram of each parameter at the training steps or epoch ends `every` picks.
 
     Args:
         *backends: where to log (`CSVBackend` ignores histograms).
-        every: training steps between histograms.
+        every: `fp.Every(steps=k)` (training steps 0, k, 2k, ...; a plain int `k` means the
+            same), `fp.Every(seconds=s)` or `fp.Every(epochs=k)` (at the end of every `k`-th
+            training epoch, with the step number of its last step).
     """
 
-    every: int = attrs.field(default=100, validator=_every)
+    every: Every = attrs.field(default=Every(steps=100), converter=_histograms_every)
 
-    def __init__(self, *backends: LogBackend, every: int = 100) -> None:
+    def __init__(self, *backends: LogBackend, every: Every | int = 100) -> None:
         self.__attrs_init__(tuple(backends), every)
 
 
@@ -228,7 +253,7 @@ def _log_metrics_step_end(event: StepEnd, phase: Phase, cb: LogMetrics, learner)
     if cb.every is None or not cb._active:
         return
     index = learner.cbstate.history[phase].steps - 1
-    if index % cb.every == 0:
+    if due_after_step(cb.every, index, cb.clock, cb._last, phase):
         for name, value in learner.cbstate.metricsstep[phase].items():
             if isinstance(value, (int, float)) or (
                     isinstance(value, torch.Tensor) and value.numel() == 1):
@@ -266,10 +291,10 @@ def _log_hyperparams(cb: LogHyperParams, learner, phase: Phase, step: int) -> No
 @on.dispatch
 def _log_hyperparams_step_end(event: StepEnd, phase: AbstractTrainingPhase, cb: LogHyperParams,
                               learner):
-    if cb.every is None or not cb._active:
+    if cb.every.epochs is not None or not cb._active:
         return
     index = learner.cbstate.history[phase].steps - 1
-    if index % cb.every == 0:
+    if due_after_step(cb.every, index, cb.clock, cb._last):
         _log_hyperparams(cb, learner, phase, index)
 
 
@@ -278,21 +303,34 @@ def _log_hyperparams_epoch_end(event: EpochEnd, phase: AbstractTrainingPhase,
                                cb: LogHyperParams, learner):
     if not cb._active:
         return
-    if cb.every is None:
-        history = learner.cbstate.history[phase]
-        if history.steps_epoch:
-            _log_hyperparams(cb, learner, phase, history.steps - 1)
+    history = learner.cbstate.history[phase]
+    if cb.every.epochs is not None and history.steps_epoch and cb.every.due(history.epochs):
+        _log_hyperparams(cb, learner, phase, history.steps - 1)
     cb._flush()
+
+
+def _log_histograms(cb: LogHistograms, learner, phase: Phase, step: int) -> None:
+    for name, param in learner.model.named_parameters():
+        for backend in cb.backends:
+            backend.log_histogram(f"params/{name}", param.detach(), step=step, phase=str(phase))
 
 
 @on.dispatch
 def _log_histograms_step_end(event: StepEnd, phase: AbstractTrainingPhase, cb: LogHistograms,
                              learner):
-    if not cb._active:
+    if cb.every.epochs is not None or not cb._active:
         return
     index = learner.cbstate.history[phase].steps - 1
-    if index % cb.every == 0:
-        for name, param in learner.model.named_parameters():
-            for backend in cb.backends:
-                backend.log_histogram(f"params/{name}", param.detach(), step=index,
-                                      phase=str(phase))
+    if due_after_step(cb.every, index, cb.clock, cb._last):
+        _log_histograms(cb, learner, phase, index)
+
+
+@on.dispatch
+def _log_histograms_epoch_end(event: EpochEnd, phase: AbstractTrainingPhase, cb: LogHistograms,
+                              learner):
+    if not cb._active:
+        return
+    history = learner.cbstate.history[phase]
+    if cb.every.epochs is not None and history.steps_epoch and cb.every.due(history.epochs):
+        _log_histograms(cb, learner, phase, history.steps - 1)
+    cb._flush()

@@ -1,6 +1,7 @@
 """LogMetrics, LogHyperParams, LogHistograms and their TensorBoard and CSV backends."""
 
 import csv
+import re
 import time
 
 import pytest
@@ -323,3 +324,146 @@ def test_csv_purge_drops_only_that_phase_and_axis_from_the_step_on(tmp_path):
         ["epoch", "3", "TrainingPhase"],
         ["step", "2", "ValidationPhase"], ["epoch", "3", "ValidationPhase"]]
     assert [p.name for p in tmp_path.iterdir()] == ["log.csv"]  # no temporary file left
+
+
+# -- every=fp.Every(...): which steps and epochs are logged ---------------------------------------
+
+
+def logged_steps(path, name, phase="TrainingPhase"):
+    """The steps at which `name` was logged for `phase`, read back from a CSV log."""
+    return [int(step) for axis, step, p, n, _ in rows(path)[1:]
+            if axis == "step" and p == phase and n == name]
+
+
+class FakeClock:
+    """Returns the given times, one a call: the clock `Every(seconds=...)` reads."""
+
+    def __init__(self, *times):
+        self.times = iter(times)
+
+    def __call__(self):
+        return next(self.times)
+
+
+# Read once per training step: logged at 0.0, then at the first step >= 1 s after the last.
+STEP_TIMES = (0.0, 0.4, 1.1, 1.5, 2.2, 2.3, 2.4, 3.3)
+SECONDS_LOGGED = [0, 2, 4, 7]
+
+
+def training_only(learner):
+    return [(TRAINING, learner.data.training)]
+
+
+def test_log_metrics_every_steps_logs_every_kth_step_of_each_phase(tmp_path):
+    logger = fp.LogMetrics(fp.CSVBackend(tmp_path / "log.csv"), every=fp.Every(steps=5))
+    learner_with(logger, n_batches=8).fit(2)
+    assert logger.every == fp.Every(steps=5) and str(logger.every) == "every 5 steps"
+    for phase in ("TrainingPhase", "ValidationPhase"):
+        assert logged_steps(tmp_path / "log.csv", "loss", phase) == [0, 5, 10, 15]
+    epochs = [(r[1], r[2]) for r in rows(tmp_path / "log.csv")[1:] if r[0] == "epoch"]
+    assert epochs == [("1", "TrainingPhase"), ("1", "ValidationPhase"),
+                      ("2", "TrainingPhase"), ("2", "ValidationPhase")]
+
+
+def test_log_metrics_every_seconds_logs_the_first_step_after_each_period(tmp_path):
+    logger = fp.LogMetrics(fp.CSVBackend(tmp_path / "log.csv"), every=fp.Every(seconds=1))
+    logger.clock = FakeClock(*STEP_TIMES)
+    learner = learner_with(logger, n_batches=8)
+    learner.fit(1, phases=training_only(learner))
+    assert logged_steps(tmp_path / "log.csv", "loss") == SECONDS_LOGGED
+
+
+@pytest.mark.parametrize("every", [4, fp.Every(steps=4)])
+def test_a_plain_int_is_every_that_many_steps(every):
+    for logger in (fp.LogMetrics(ListBackend(), every=every),
+                   fp.LogHyperParams(ListBackend(), every=every),
+                   fp.LogHistograms(ListBackend(), every=every)):
+        assert logger.every == fp.Every(steps=4)
+
+
+def test_defaults_are_every_values():
+    assert fp.LogMetrics(ListBackend()).every is None  # epoch values only
+    assert fp.LogHyperParams(ListBackend()).every == fp.Every(steps=1)
+    assert fp.LogHyperParams(ListBackend(), every=None).every == fp.Every(epochs=1)
+    assert fp.LogHistograms(ListBackend()).every == fp.Every(steps=100)
+
+
+@pytest.mark.parametrize(("every", "logged"), [
+    (fp.Every(steps=3), [0, 3, 6, 9, 12, 15]),
+    (fp.Every(epochs=2), [15, 31]),
+])
+def test_log_hyperparams_every_steps_or_epochs(tmp_path, every, logged):
+    learner = learner_with(fp.LogHyperParams(fp.CSVBackend(tmp_path / "log.csv"), every=every),
+                           n_batches=8)
+    learner.fit(4 if every.epochs else 2)
+    assert logged_steps(tmp_path / "log.csv", "lr") == logged
+
+
+def test_log_hyperparams_every_seconds(tmp_path):
+    logger = fp.LogHyperParams(fp.CSVBackend(tmp_path / "log.csv"), every=fp.Every(seconds=1))
+    logger.clock = FakeClock(*STEP_TIMES)
+    learner = learner_with(logger, n_batches=8)
+    learner.fit(1, phases=training_only(learner))
+    assert logged_steps(tmp_path / "log.csv", "lr") == SECONDS_LOGGED
+
+
+@pytest.mark.parametrize(("every", "logged"), [
+    (fp.Every(steps=3), [0, 3, 6, 9, 12, 15]),
+    (fp.Every(epochs=2), [15, 31]),
+    (fp.Every(seconds=1), SECONDS_LOGGED),
+])
+def test_log_histograms_every_steps_epochs_or_seconds(every, logged):
+    backend = ListBackend()
+    logger = fp.LogHistograms(backend, every=every)
+    logger.clock = FakeClock(*STEP_TIMES)
+    learner = learner_with(logger, n_batches=8)
+    learner.fit(1 if every.seconds else 4 if every.epochs else 2,
+                phases=training_only(learner))
+    assert [step for step, _, _ in backend.histograms] == logged
+
+
+@pytest.mark.parametrize("every", [fp.Every(steps=3), fp.Every(epochs=2)])
+def test_a_resumed_run_keeps_the_period(tmp_path, every):
+    """One epoch, a checkpoint, a new learner loads it and trains the second: the steps logged
+    are those of an uninterrupted run (the period counts from the checkpointed history)."""
+    def run(log):
+        backend = fp.CSVBackend(log)
+        return learner_with(fp.LogHyperParams(backend, every=every),
+                            fp.LogHistograms(ListBackend(), every=every), n_batches=8)
+
+    straight = run(tmp_path / "straight.csv")
+    straight.fit(2)
+    first = run(tmp_path / "resumed.csv")
+    first.fit(1)
+    path = fp.save_checkpoint(first, tmp_path / "c.pt")
+    second = run(tmp_path / "resumed.csv")
+    fp.load_checkpoint(second, path)
+    second.fit(1)
+    expected = logged_steps(tmp_path / "straight.csv", "lr")
+    assert expected == ([0, 3, 6, 9, 12, 15] if every.steps else [15])
+    assert logged_steps(tmp_path / "resumed.csv", "lr") == expected
+    histograms = second.get_callback(fp.LogHistograms).backends[0].histograms
+    assert [step for step, _, _ in histograms] == [s for s in expected if s >= 8]
+
+
+EVERY_KINDS = "fp.Every(steps=100) or fp.Every(epochs=1) or fp.Every(seconds=60)"
+
+
+@pytest.mark.parametrize(("make", "every", "message"), [
+    (fp.LogMetrics, fp.Every(epochs=2),
+     "LogMetrics(every=fp.Every(epochs=2)): LogMetrics logs every epoch's values already; "
+     "every= says when it also logs step values; use fp.Every(steps=100) or "
+     "fp.Every(seconds=60)"),
+    (fp.LogMetrics, "10", "LogMetrics(every='10'): every is an fp.Every (fp.Every(steps=100) "
+                          "or fp.Every(seconds=60)) or a whole number of steps >= 1"),
+    (fp.LogHyperParams, 0, f"LogHyperParams(every=0): every is an fp.Every ({EVERY_KINDS}) "
+                           "or a whole number of steps >= 1"),
+    (fp.LogHistograms, -3, f"LogHistograms(every=-3): every is an fp.Every ({EVERY_KINDS}) "
+                           "or a whole number of steps >= 1"),
+    (fp.LogHistograms, 2.5, "LogHistograms(every=2.5): every is an fp.Every"),
+    (fp.LogHistograms, True, "LogHistograms(every=True): every is an fp.Every"),
+    (fp.LogHistograms, None, "LogHistograms(every=None): every is an fp.Every"),
+])
+def test_a_wrong_every_is_an_error_naming_the_callback_and_the_fix(make, every, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make(ListBackend(), every=every)
