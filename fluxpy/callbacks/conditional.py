@@ -2,8 +2,9 @@
 
 The wrapper forwards `stateaccess`, `runafter`, `resolveconflict` and `init` to the callback it
 wraps, so a throttled callback takes the same place in the graph as the callback itself, and
-its `state_dict` holds the wrapped callback's state (and the throttle's count), so checkpoints
-keep them.
+its `state_dict` holds the wrapped callback's state (and the throttle's count, and for a period
+in seconds how long ago it last let a firing through), so checkpoints keep them and a resumed run
+keeps the same period.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from ..core.callback import (
     runafter,
     stateaccess,
 )
-from ..core.events import Event
+from ..core.events import EpochBegin, EpochEnd, Event
+from ..core.every import Every
 from ..core.phases import Phase
+from .periodic import as_every
 
 __all__ = ["ConditionalCallback", "Throttle", "throttle"]
 
@@ -35,6 +38,11 @@ class ConditionalCallback(Callback):
 
     callback: Callback
     condition: Callable[[Event, Phase], bool]
+
+    @property
+    def every(self) -> Every | None:
+        """The condition's `fp.Every` when it is a `Throttle` (what `explain` shows)."""
+        return getattr(self.condition, "every", None)
 
     def init(self, learner) -> None:
         self.callback.init(learner)
@@ -56,43 +64,79 @@ class ConditionalCallback(Callback):
 
 @attrs.define
 class Throttle:
-    """True for one in every `every` firings of `event`, or at most once per `seconds`;
-    always true for other events."""
+    """True for the firings of `event` that `every` picks; always true for other events.
+
+    It counts the firings that reach it: those of the phases the wrapped callback has a
+    handler for (a `Scheduler`'s are training steps; a `CustomCallback` has one for every
+    phase, so validation steps count too). `Every(steps=n)` on a step event, or `Every(epochs=n)`
+    on `EpochBegin`/`EpochEnd`: the n-th firing, the 2n-th, ... `Every(seconds=s)`: the first
+    firing, then the first at least `s` seconds after the last one let through, by `clock`
+    (`None`: `time.monotonic`).
+    """
 
     event: type
-    every: int | None = None
-    seconds: float | None = None
+    every: Every
+    clock: Callable[[], float] | None = None
     _count: int = attrs.field(default=0, init=False)
-    _last: float = attrs.field(default=float("-inf"), init=False)
+    _last: float | None = attrs.field(default=None, init=False)
+
+    def _now(self) -> float:
+        return self.clock() if self.clock is not None else time.monotonic()
 
     def state_dict(self) -> dict:
-        """The firings counted; the time of the last one means nothing in another process."""
-        return {"count": self._count}
+        """The firings counted and, for seconds, how long ago the last one was let through
+        (a time itself means nothing in another process)."""
+        state: dict = {"count": self._count}
+        if self.every.seconds is not None and self._last is not None:
+            state["since"] = self._now() - self._last
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self._count = int(state["count"])
+        since = state.get("since")
+        self._last = None if since is None else self._now() - float(since)
 
     def __call__(self, event: Event, phase: Phase) -> bool:
         if not isinstance(event, self.event):
             return True
         self._count += 1
-        if self.every is not None:
-            return self._count % self.every == 0
-        now = time.monotonic()
-        if now - self._last >= self.seconds:
+        if self.every.seconds is None:
+            return self._count % self.every.amount == 0
+        now = self._now()
+        if self._last is None or now - self._last >= self.every.seconds:
             self._last = now
             return True
         return False
 
 
-def throttle(callback: Callback, event: type, every: int | None = None,
+def throttle(callback: Callback, event: type, every: Every | int | None = None,
              seconds: float | None = None) -> ConditionalCallback:
-    """`callback` whose `event` handlers run every `every`-th time, or at most every `seconds`."""
+    """`callback` whose `event` handlers run only at the firings `every` picks.
+
+    Args:
+        callback: the callback to wrap; its other handlers run as usual.
+        event: the event to throttle (`fp.StepEnd`, `fp.EpochEnd`, ...).
+        every: `fp.Every(steps=n)` (every n-th firing of a step event), `fp.Every(epochs=n)`
+            (every n-th firing of `EpochBegin`/`EpochEnd`) or `fp.Every(seconds=s)` (the first
+            firing, then the first at least `s` seconds after the last one that ran). A plain
+            int `n` is the n-th firing: `Every(epochs=n)` on epoch events, else `Every(steps=n)`.
+        seconds: the same as `every=fp.Every(seconds=seconds)`.
+    """
     if (every is None) == (seconds is None):
-        raise ValueError("throttle needs exactly one of every= or seconds=")
-    if every is not None and every < 1:
-        raise ValueError(f"throttle(every={every}): every must be >= 1")
-    return ConditionalCallback(callback, Throttle(event, every, seconds))
+        raise ValueError("throttle needs exactly one of every= or seconds=, e.g. "
+                         "fp.throttle(callback, fp.StepEnd, every=fp.Every(steps=10))")
+    if seconds is not None:
+        every = Every(seconds=seconds)
+    name = getattr(event, "__name__", repr(event))
+    args = f"{type(callback).__name__}(...), fp.{name}, "
+    if isinstance(event, type) and issubclass(event, (EpochBegin, EpochEnd)):
+        every = as_every("throttle", every, ("epochs", "seconds"), int_means="epochs", args=args,
+                         why=f"{name} fires once per epoch, so it counts epochs")
+    else:
+        every = as_every("throttle", every, ("steps", "seconds"), args=args,
+                         why=f"{name} is not an epoch event (throttle fp.EpochEnd to count "
+                             "epochs)")
+    return ConditionalCallback(callback, Throttle(event, every))
 
 
 @on.dispatch

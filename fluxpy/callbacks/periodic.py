@@ -22,7 +22,7 @@ def every_repr(every: Every) -> str:
 
 
 def as_every(owner: str, value: object, kinds: Collection[str], *, why: str = "",
-             int_means: str = "steps") -> Every:
+             int_means: str = "steps", args: str = "") -> Every:
     """`value` as an `Every` of one of `kinds`; a plain int `n >= 1` is `Every(<int_means>=n)`.
 
     Args:
@@ -30,17 +30,19 @@ def as_every(owner: str, value: object, kinds: Collection[str], *, why: str = ""
         kinds: the units the callback can honour, e.g. `("steps", "seconds")`.
         why: why the other units cannot be honoured, said in the message.
         int_means: the unit of a plain int.
+        args: the call's other arguments, shown before `every=` in the message.
     """
+    said = f"{owner}({args}every="
     examples = " or ".join(f"fp.Every({kind}={_example(kind)})" for kind in kinds)
     if isinstance(value, Every):
         if value.unit not in kinds:
-            raise ValueError(f"{owner}(every={every_repr(value)}): "
+            raise ValueError(f"{said}{every_repr(value)}): "
                              f"{why or owner + ' cannot run every so many ' + value.unit}; "
                              f"use {examples}")
         return value
     if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1:
         return Every(**{int_means: int(value)})
-    raise ValueError(f"{owner}(every={value!r}): every is an fp.Every ({examples}) or a whole "
+    raise ValueError(f"{said}{value!r}): every is an fp.Every ({examples}) or a whole "
                      f"number of {int_means} >= 1")
 
 

@@ -1,6 +1,8 @@
 """throttle and ConditionalCallback: run a callback's handlers only sometimes, keeping its
 place in the graph."""
 
+import re
+
 import attrs
 import pytest
 
@@ -101,9 +103,93 @@ def test_throttle_needs_exactly_one_of_every_and_seconds():
         fp.throttle(Counter(), fp.StepEnd, every=2, seconds=1.0)
 
 
-def test_throttle_every_must_be_positive():
-    with pytest.raises(ValueError, match=r"every=0\): every must be >= 1"):
-        fp.throttle(Counter(), fp.StepEnd, every=0)
+STEPS = "fp.Every(steps=100) or fp.Every(seconds=60)"
+
+
+@pytest.mark.parametrize(("event", "every", "message"), [
+    (fp.StepEnd, 0, f"throttle(Counter(...), fp.StepEnd, every=0): every is an fp.Every ({STEPS}) "
+                    "or a whole number of steps >= 1"),
+    (fp.StepEnd, "2", "throttle(Counter(...), fp.StepEnd, every='2'): every is an fp.Every"),
+    (fp.StepEnd, 1.5, "throttle(Counter(...), fp.StepEnd, every=1.5): every is an fp.Every"),
+    (fp.EpochEnd, -1, "throttle(Counter(...), fp.EpochEnd, every=-1): every is an fp.Every "
+                      "(fp.Every(epochs=1) or fp.Every(seconds=60)) or a whole number of epochs "
+                      ">= 1"),
+    (fp.StepEnd, fp.Every(epochs=2),
+     "throttle(Counter(...), fp.StepEnd, every=fp.Every(epochs=2)): StepEnd is not an epoch "
+     f"event (throttle fp.EpochEnd to count epochs); use {STEPS}"),
+    (fp.EpochEnd, fp.Every(steps=2),
+     "throttle(Counter(...), fp.EpochEnd, every=fp.Every(steps=2)): EpochEnd fires once per "
+     "epoch, so it counts epochs; use fp.Every(epochs=1) or fp.Every(seconds=60)"),
+])
+def test_a_wrong_every_is_an_error_naming_the_fix(event, every, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        fp.throttle(Counter(), event, every=every)
+
+
+# -- every=fp.Every(...) ----------------------------------------------------------------------
+
+
+def recording(into, event):
+    """Appends the training phase's step index (StepEnd) or epoch count (EpochEnd)."""
+    def record(learner):
+        history = learner.cbstate.history[TRAIN]
+        into.append(history.steps - 1 if event is fp.StepEnd else history.epochs)
+
+    return fp.CustomCallback(record, event, fp.TrainingPhase,
+                             access=fp.Access(cbstate=fp.Access(history=fp.Read())))
+
+
+class FakeClock:
+    """Returns the given times, one a call."""
+
+    def __init__(self, *times):
+        self.times = iter(times)
+
+    def __call__(self):
+        return next(self.times)
+
+
+@pytest.mark.parametrize(("event", "every", "normalised", "ran"), [
+    (fp.StepEnd, 3, fp.Every(steps=3), [2, 5, 8, 11, 14]),
+    (fp.StepEnd, fp.Every(steps=3), fp.Every(steps=3), [2, 5, 8, 11, 14]),
+    (fp.EpochEnd, 2, fp.Every(epochs=2), [2, 4]),
+    (fp.EpochEnd, fp.Every(epochs=2), fp.Every(epochs=2), [2, 4]),
+])
+def test_throttle_runs_every_nth_step_or_epoch(event, every, normalised, ran):
+    into = []
+    wrapper = fp.throttle(recording(into, event), event, every=every)
+    assert wrapper.every == normalised
+    learner = test_learner(fp.Recorder(), wrapper, n_batches=4 if event is fp.StepEnd else 2)
+    learner.fit(4, phases=[(TRAIN, learner.data.training)])  # the firings are training ones
+    assert into == ran
+
+
+def test_throttle_every_seconds_reads_the_clock_it_is_given():
+    into = []
+    wrapper = fp.throttle(recording(into, fp.StepEnd), fp.StepEnd, every=fp.Every(seconds=1))
+    wrapper.condition.clock = FakeClock(0.0, 0.4, 1.1, 1.5, 2.2, 2.3, 2.4, 3.3)
+    learner = test_learner(fp.Recorder(), wrapper, n_batches=8)
+    learner.fit(1, phases=[(TRAIN, learner.data.training)])
+    assert into == [0, 2, 4, 7]
+    assert fp.throttle(Counter(), fp.StepEnd, seconds=2.5).every == fp.Every(seconds=2.5)
+
+
+def test_a_resumed_throttle_keeps_its_period_in_seconds(tmp_path):
+    """Saved 0.2 s after the step it last ran at, so after loading the first step 1 s after
+    that runs, not the first step."""
+    def learner(into, *times):
+        wrapper = fp.throttle(recording(into, fp.StepEnd), fp.StepEnd, seconds=1.0)
+        wrapper.condition.clock = FakeClock(*times)
+        return test_learner(fp.Recorder(), wrapper, n_batches=4)
+
+    before, after = [], []
+    first = learner(before, 0.0, 0.5, 1.2, 1.4, 1.4)  # 4 steps, then the save
+    first.fit(1, phases=[(TRAIN, first.data.training)])
+    path = fp.save_checkpoint(first, tmp_path / "c.pt")
+    second = learner(after, 100.0, 100.5, 101.1, 101.5, 102.3)  # the load, then 4 steps
+    fp.load_checkpoint(second, path)
+    second.fit(1, phases=[(TRAIN, second.data.training)])
+    assert (before, after) == ([0, 2], [5, 7])
 
 
 def test_wrapper_forwards_stateaccess():
