@@ -7,10 +7,13 @@
     stats.plot_histograms("hist.png")       # the "colourful dimension" view
 
 Forward hooks (installed at `FitBegin`, removed at `FitEnd`) compute, for each hooked module's
-output in every `every`-th training step, its mean, standard deviation, the share of values
-with `|a| < eps`, and a `torch.histc` histogram over `hist_range`. All of it stays on the
-device: a step's records are stacked into one tensor, and a training epoch's steps are moved
-to the host once, at `EpochEnd`, so recording adds no per-step host sync.
+output in the training steps `every` picks (`fp.Every(steps=k)`: steps 0, k, 2k, ... counted
+over the fits of this `ActivationStats`; `fp.Every(seconds=s)`: the first step, then the first
+step that begins at least `s` seconds after the last one recorded), its mean, standard
+deviation, the share of values with `|a| < eps`, and a `torch.histc` histogram over
+`hist_range`. All of it stays on the device: a step's records are stacked into one tensor,
+and a training epoch's steps are moved to the host once, at `EpochEnd`, so recording adds no
+per-step host sync.
 
 Which modules: by default every leaf module that has parameters of its own (`Linear`,
 `Conv*`, normalisation layers, embeddings), as fastai does; pass `modules` (modules or their
@@ -24,7 +27,8 @@ recorded at its first call.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -33,9 +37,17 @@ import torch
 from ..core.access import Access, Read
 from ..core.callback import Callback, on, stateaccess
 from ..core.events import EpochEnd, FitBegin, FitEnd, StepBegin, StepEnd
+from ..core.every import Every
 from ..core.phases import AbstractTrainingPhase, Phase
+from .periodic import as_every, due_after_step
 
 __all__ = ["ActivationStats"]
+
+
+def _every(value: object) -> Every:
+    return as_every("ActivationStats", value, ("steps", "seconds"),
+                    why="ActivationStats records a step from its beginning, when it is not "
+                        "known to end an epoch")
 
 
 @attrs.define
@@ -45,7 +57,9 @@ class ActivationStats(Callback):
     Args:
         modules: the modules to hook (objects or names); `None`: every leaf module with
             parameters.
-        every: record one training step in every `every`.
+        every: which training steps to record: `fp.Every(steps=k)` (one in every `k`; a plain
+            int `k` means the same) or `fp.Every(seconds=s)`. `fp.Every(epochs=...)` is an
+            error: a step is recorded from its beginning, when it is not known to end an epoch.
         eps: activations with `|a| < eps` count as near zero.
         bins: histogram bins.
         hist_range: the `(min, max)` the histograms cover.
@@ -56,23 +70,21 @@ class ActivationStats(Callback):
     """
 
     modules: Sequence[torch.nn.Module | str] | None = None
-    every: int = attrs.field(default=1)
+    every: Every = attrs.field(default=Every(steps=1), converter=_every)
     eps: float = 1e-3
     bins: int = 40
     hist_range: tuple[float, float] = (-10.0, 10.0)
     layers: tuple[str, ...] = attrs.field(default=(), init=False)
     steps: list[int] = attrs.field(factory=list, init=False)
+    #: What `Every(seconds=...)` reads: `time.monotonic`; a test may put a fake clock here.
+    clock: Callable[[], float] = attrs.field(default=time.monotonic, init=False, repr=False)
+    _last: dict = attrs.field(factory=dict, init=False, repr=False)
     _step: int = attrs.field(default=0, init=False, repr=False)
     _recording: bool = attrs.field(default=False, init=False, repr=False)
     _current: dict = attrs.field(factory=dict, init=False, repr=False)
     _pending: list = attrs.field(factory=list, init=False, repr=False)
     _records: list = attrs.field(factory=list, init=False, repr=False)
     _handles: list = attrs.field(factory=list, init=False, repr=False)
-
-    @every.validator
-    def _check_every(self, attribute: attrs.Attribute, value: int) -> None:
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"ActivationStats(every={value!r}): every must be an int >= 1")
 
     def _record(self, index: int, output: Any) -> None:
         if not self._recording or index in self._current:
@@ -194,7 +206,7 @@ def _activations_fit_begin(event: FitBegin, phase: Phase, cb: ActivationStats, l
 def _activations_step_begin(event: StepBegin, phase: AbstractTrainingPhase,
                             cb: ActivationStats, learner):
     cb._current = {}
-    cb._recording = cb._step % cb.every == 0
+    cb._recording = due_after_step(cb.every, cb._step, cb.clock, cb._last)
     cb._step += 1
 
 

@@ -1,5 +1,7 @@
 """ActivationStats: per-layer statistics and histograms of training activations."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -71,6 +73,35 @@ def test_every_records_one_step_in_every():
     learner.fit(2)
     assert stats.steps == [0, 3, 6]
     assert torch.allclose(stats.mean[:, 0], torch.stack([outputs[s].mean() for s in (0, 3, 6)]))
+
+
+def test_every_takes_an_every_of_steps():
+    stats = fp.ActivationStats(every=fp.Every(steps=3))
+    assert stats.every == fp.ActivationStats(every=3).every == fp.Every(steps=3)
+    mlp_learner(stats).fit(2)
+    assert stats.steps == [0, 3, 6]
+
+
+def test_every_seconds_records_the_first_step_after_each_period():
+    stats = fp.ActivationStats(every=fp.Every(seconds=1))
+    times = iter((0.0, 0.4, 1.1, 1.5, 2.2, 2.3, 2.4, 3.3))  # read as each training step begins
+    stats.clock = lambda: next(times)
+    mlp_learner(stats).fit(2)
+    assert stats.steps == [0, 2, 4, 7]
+
+
+@pytest.mark.parametrize(("every", "message"), [
+    (fp.Every(epochs=1), "ActivationStats(every=fp.Every(epochs=1)): ActivationStats records a "
+                         "step from its beginning, when it is not known to end an epoch; use "
+                         "fp.Every(steps=100) or fp.Every(seconds=60)"),
+    (0, "ActivationStats(every=0): every is an fp.Every (fp.Every(steps=100) or "
+        "fp.Every(seconds=60)) or a whole number of steps >= 1"),
+    ("3", "ActivationStats(every='3'): every is an fp.Every"),
+    (2.5, "ActivationStats(every=2.5): every is an fp.Every"),
+])
+def test_a_wrong_every_is_an_error_naming_the_fix(every, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        fp.ActivationStats(every=every)
 
 
 def test_modules_may_be_given_as_objects():
