@@ -46,6 +46,12 @@ validation at the end of the epoch. A NaN loss caught before backward (`StopOnNa
 stops every rank before any update. `EarlyStopping` decides on the all-reduced epoch metrics,
 so all ranks decide alike anyway.
 
+Limits of `fit`: `max_steps` and `validate_every=fp.Every(steps=...)` count training steps,
+which are the same on every rank (the training sampler gives each rank as many batches), so
+every rank stops, or validates in the middle of an epoch, at the same step without a
+collective. `max_time` and `fp.Every(seconds=...)` would need the ranks to agree on a clock
+reading; they are refused under DDP for now, with an error that says so.
+
 `CancelStepException` and `CancelEpochException` in training must be raised on all ranks
 alike (decide on all-reduced values), or one rank skips a gradient all-reduce the others wait
 in. Other errors end their rank, and torchrun then ends the others.

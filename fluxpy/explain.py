@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from .core.access import render_path
 from .core.callback import UnsafeCallback, on
 from .core.events import BUILTIN_EVENTS, TRAINING_EVENTS, VALIDATION_EVENTS, Event, FitBegin, FitEnd
+from .core.every import Every
 from .core.graph import DECLARED, GIVEN_ORDER, STATE, CallbackGraph, Edge, Reason
 from .core.phases import AbstractTrainingPhase, Phase, TrainingPhase, ValidationPhase
 from .engine.firing import fires
@@ -89,9 +90,22 @@ def explain(learner, phases: Sequence[Phase] | None = None, *, empty: bool = Fal
         lines.append(f"  {phase}")
         lines += _aligned(rows, indent=4, width=width) or ["    (no handlers)"]
 
+    periodic = _periodic(graph)
+    if periodic:
+        lines.append("")
+        lines.append("Periodic work (when it runs):")
+        lines += _aligned(periodic, indent=2)
+
     lines.append("")
     lines += _why(graph)
     return Explanation("\n".join(lines), graph)
+
+
+def _periodic(graph: CallbackGraph) -> list[tuple[str, str]]:
+    """`(name, "every 500 steps")` for each callback whose `every` attribute is an `fp.Every`.
+    (`fit(validate_every=...)` is given to `fit`, after `explain`: not shown here.)"""
+    return [(graph.names[i], str(graph.callbacks[i].every)) for i in graph.order
+            if isinstance(getattr(graph.callbacks[i], "every", None), Every)]
 
 
 #: The order in which `explain` lists reasons: declared orders first, then those inferred

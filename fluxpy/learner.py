@@ -28,7 +28,10 @@ Extending:
 
 from __future__ import annotations
 
+import datetime
+import itertools
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
 from typing import Any
 
 import attrs
@@ -44,12 +47,14 @@ from .core.errors import (
     CancelFitException,
 )
 from .core.events import BUILTIN_EVENTS, Event, FitBegin, FitEnd
+from .core.every import Every
 from .core.graph import CallbackGraph, build_graph
-from .core.phases import Phase, TrainingPhase, ValidationPhase
+from .core.phases import AbstractTrainingPhase, Phase, TrainingPhase, ValidationPhase
 from .core.protect import protect
 from .core.state import Batch, Data, State, as_data
 from .core.strict import checked
 from .ddp import DistributedTraining
+from .engine.budget import Budget, make_budget
 from .engine.executors import Executor, SerialExecutor
 from .engine.firing import check_fire, fires, firing, firing_callback
 from .engine.loop import epoch
@@ -70,7 +75,8 @@ _DECLARATIONS = (stateaccess, runafter, resolveconflict, fires)
 
 @attrs.frozen
 class FitResult:
-    """What `Learner.fit` returns: epochs completed, and why it stopped early (if it did)."""
+    """What `Learner.fit` returns: the rounds of epochs completed, and why it stopped early
+    (a `CancelFitException`'s message, or the limit reached, e.g. "max_steps=10 reached")."""
 
     epochs: int
     stop_reason: str | None = None
@@ -148,6 +154,7 @@ class Learner:
         self.cbstate = State()
         self.scaler = None
         self.epoch_phases: tuple[Phase, ...] = ()
+        self.budget: Budget | None = None  # the limits of the running fit (fluxpy.engine.budget)
         self._fitting = False  # while true, changes of callbacks wait for an epoch boundary
         self._queued: list[Callback] | None = None  # the roots a change during fit asked for
         # Every callback this learner has adopted (by id, kept alive so ids stay unique): each
@@ -166,9 +173,30 @@ class Learner:
 
     # -- the loop ------------------------------------------------------------------------------
 
-    def fit(self, n_epochs: int, data: Any = None,
-            phases: Sequence[tuple[Phase, Any]] | None = None) -> FitResult:
-        """Train for `n_epochs` more epochs of (training, validation), or of `phases`.
+    def fit(self, n_epochs: int | None = None, data: Any = None,
+            phases: Sequence[tuple[Phase, Any]] | None = None, *,
+            max_steps: int | None = None, max_time: float | datetime.timedelta | None = None,
+            validate_every: Every | None = None) -> FitResult:
+        """Train for `n_epochs` more epochs of (training, validation), or of `phases`, or until
+        another limit: at least one of `n_epochs`, `max_steps`, `max_time` must be given.
+
+        Args:
+            n_epochs: rounds of the phase plan (an epoch of each phase, training first).
+            max_steps: training steps (batches of the training phases), counted from this call.
+            max_time: seconds (or a `datetime.timedelta`) from this call, checked after each
+                training step.
+            validate_every: when the validation phases (every non-training phase of the plan)
+                run: `fp.Every(epochs=k)` after every k-th training epoch,
+                `fp.Every(steps=n)` after every n-th training step, in the middle of training
+                epochs and not at their end (unless a multiple of n falls there),
+                `fp.Every(seconds=s)` at the first training step that ends s seconds after
+                the fit began or the previous validation ended. `None`: after every epoch.
+
+        Reaching `max_steps` or `max_time` ends the fit normally after the current training
+        step: the training epoch ends as a cancelled one does (`EpochEnd` fires, so the
+        metrics of the steps it ran are recorded as an epoch), the rest of that round is
+        skipped unless the step was the epoch's last, `FitEnd` fires, and `stop_reason` says
+        which limit, e.g. "max_steps=1000 reached"; `FitResult.epochs` counts whole rounds.
 
         `FitBegin` fires first and `FitEnd` always fires last, also after an error or Ctrl-C.
         `CancelFitException` ends the fit normally; its message is the `stop_reason`.
@@ -179,22 +207,36 @@ class Learner:
         gets `init` and `FitBegin`. Changes asked for during the last epoch or at `FitEnd`
         apply when the fit ends (also after an error), for the next fit.
         """
-        if not isinstance(n_epochs, int) or isinstance(n_epochs, bool) or n_epochs < 0:
-            raise ValueError(f"fit(n_epochs={n_epochs!r}): n_epochs must be an int >= 0")
+        budget = make_budget(n_epochs, max_steps, max_time, validate_every,
+                             distributed=self.ddp is not None)
         if data is not None:
             self.data = as_data(data)
         schedule = self._phases(phases)
+        if budget is not None and (max_steps is not None or max_time is not None) and not any(
+                isinstance(phase, AbstractTrainingPhase) for phase, _ in schedule):
+            limit = "max_steps=" if max_steps is not None else "max_time="
+            raise ValueError(f"{limit} counts training steps: the phases of this fit have no "
+                             "training phase; give n_epochs instead")
         run_epoch = epoch if self.ddp is None else self.ddp.epoch
         if self.ddp is not None:
             schedule = self.ddp.begin_fit(self, schedule)
         self.epoch_phases = tuple(phase for phase, _ in schedule)
         if self._declared != _declarations():
             self._install(self._roots)
+        rounds = range(n_epochs) if n_epochs is not None else itertools.count()
+        validation = [(p, d) for p, d in schedule if not isinstance(p, AbstractTrainingPhase)]
+        if budget is not None:
+            budget.validate = lambda: self._validate(run_epoch, validation)
+            if budget.validate_every is not None:
+                schedule = [(p, d) for p, d in schedule if isinstance(p, AbstractTrainingPhase)]
         epochs, reason = 0, None
         self._fitting = True
+        self.budget = budget
         try:
             self.handle(_FIT_BEGIN, _FIT_PHASE)
-            for _ in range(n_epochs):
+            if budget is not None:
+                budget.start()
+            for _ in rounds:
                 for k, (phase, phase_data) in enumerate(schedule):
                     self._apply_queued(boundary=True)
                     try:
@@ -205,7 +247,15 @@ class Learner:
                         if k == len(schedule) - 1 and getattr(stop, "epoch_ended", False):
                             epochs += 1
                         raise
+                    if budget is not None and budget.cut_short:
+                        raise CancelFitException(budget.stop_reason)
                 epochs += 1
+                if budget is not None:
+                    if budget.validates_after_epoch(epochs) and budget.validate_every:
+                        self._apply_queued(boundary=True)
+                        budget.validate()
+                    if budget.stop_reason is not None:
+                        raise CancelFitException(budget.stop_reason)
         except CancelFitException as stop:
             reason = str(stop) or "CancelFitException"
         except BaseException as exc:
@@ -214,6 +264,7 @@ class Learner:
             except Exception as end_exc:
                 exc.add_note(f"FitEnd handlers also failed: {end_exc!r}")
             finally:
+                self.budget = None
                 self.executor.close()
                 self._end_fit(exc)
             raise
@@ -222,9 +273,23 @@ class Learner:
         except CancelFitException as stop:  # raised at FitEnd: skips its remaining handlers
             reason = reason or str(stop) or "CancelFitException"
         finally:
+            self.budget = None
             self.executor.close()  # threads are not kept between fits; a pool restarts lazily
             self._end_fit()
         return FitResult(epochs, reason)
+
+    def _validate(self, run_epoch: Callable[..., None],
+                  validation: list[tuple[Phase, Any]]) -> None:
+        """Run an epoch of each validation phase (for `validate_every`); the model is back in
+        training mode afterwards and the training epoch goes on where it was."""
+        for phase, phase_data in validation:
+            try:
+                with suppress(CancelEpochException):  # raised at EpochBegin, after EpochEnd
+                    run_epoch(self, phase, phase_data)
+            except CancelFitException as stop:  # e.g. early stopping: the training epoch,
+                stop.epoch_ended = False  # which this validation interrupts, did not end
+                raise
+        self.model.train()
 
     def handle(self, event: Event, phase: Phase) -> None:
         """Fire `event` in `phase`: run the handlers of every callback that has one.

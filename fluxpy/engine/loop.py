@@ -47,6 +47,7 @@ from ..core.dispatch import GenericFunction
 from ..core.errors import CancelStepException
 from ..core.events import BackwardBegin, BackwardEnd, LossBegin
 from ..core.phases import AbstractTrainingPhase, AbstractValidationPhase, Phase
+from .budget import Budget
 from .diagnose import backward_failed, check_loss, loss_note, unpack
 from .framing import run_epoch, run_step
 
@@ -71,14 +72,16 @@ def _step(learner, phase: Phase, batch):
     )
 
 
-def _epoch(learner, phase: Phase, data):
+def _epoch(learner, phase: Phase, data, budget: Budget | None = None):
     """epoch(learner, phase, data)
 
     One pass of `phase` over `data`, framed by `EpochBegin`/`EpochEnd`. Validation phases run
     under `model.eval()` and `torch.inference_mode()`; training phases under `model.train()`.
+    A training epoch of a `fit` with limits or `validate_every` (`learner.budget`) tells the
+    budget of each step, and ends early when a limit is reached (`fluxpy.engine.budget`).
     """
     with run_epoch(learner, phase):
-        _run_steps(learner, phase, data)
+        _run_steps(learner, phase, data, budget)
 
 
 step = GenericFunction(_step, arity=3, params="learner, phase, batch")
@@ -88,7 +91,10 @@ epoch = GenericFunction(_epoch, arity=3, params="learner, phase, data")
 @epoch.dispatch
 def _training_epoch(learner, phase: AbstractTrainingPhase, data):
     learner.model.train()
-    _epoch(learner, phase, data)
+    budget = getattr(learner, "budget", None)
+    if budget is not None:
+        budget.begin_epoch(data)
+    _epoch(learner, phase, data, budget)
 
 
 @epoch.dispatch
@@ -103,7 +109,7 @@ def _validation_epoch(learner, phase: AbstractValidationPhase, data):
         model.train(was_training)
 
 
-def _run_steps(learner, phase: Phase, data) -> None:
+def _run_steps(learner, phase: Phase, data, budget: Budget | None) -> None:
     impl, impl_type = None, None
     in_step = False  # whether an error comes from the loop's body rather than from the data
     try:
@@ -116,6 +122,8 @@ def _run_steps(learner, phase: Phase, data) -> None:
                 impl(learner, phase, batch)
             except CancelStepException:  # raised at StepBegin, which runs no body
                 pass
+            if budget is not None and budget.after_step():  # a limit: the epoch ends here
+                break
             in_step = False
     except Exception as exc:
         if not in_step:

@@ -1,0 +1,150 @@
+"""The limits of one `fit` (`max_steps`, `max_time`) and validation in the middle of epochs.
+
+`Learner.fit` checks its arguments with `make_budget`, and while it runs a `Budget` is
+`learner.budget` (else `None`). The built-in training epoch calls `Budget.after_step` after
+each training step (each batch of a training phase, cancelled steps too; with
+`GradientAccumulation` each batch is a step): it counts the step, runs the validation phases
+when `validate_every` says so, and answers whether a limit is reached, which ends the training
+epoch there, as a cancelled epoch ends (`EpochEnd` fires). Per step that costs an int compare
+for `max_steps` and a clock read only when `max_time` or `Every(seconds=...)` is set; a fit
+without a budget pays one `is None` test per step.
+
+The clock is `fluxpy.engine.budget.clock` (`time.monotonic`), read when it is called, so a
+test replaces it with a fake one (`monkeypatch.setattr(budget, "clock", fake)`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import numbers
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from ..core.every import Every
+
+__all__ = ["Budget", "clock", "make_budget"]
+
+#: The clock `max_time` and `Every(seconds=...)` read: seconds, monotonic.
+clock: Callable[[], float] = time.monotonic
+
+
+@attrs.define(eq=False)
+class Budget:
+    """What one `fit` may still do, and when it validates in the middle of training epochs.
+
+    Attributes:
+        max_steps: training steps this fit may run, or `None`.
+        max_time: seconds this fit may run (checked after each training step), or `None`.
+        validate_every: an `Every`, or `None` (validation after each training epoch).
+        validate: runs the validation phases once (set by `fit`).
+        steps: training steps run so far in this fit.
+        stop_reason: why training must end, once a limit is reached.
+        cut_short: whether the training epoch that reached the limit still had batches.
+    """
+
+    max_steps: int | None = None
+    max_time: float | None = None
+    validate_every: Every | None = None
+    validate: Callable[[], None] = lambda: None
+    steps: int = 0
+    stop_reason: str | None = None
+    cut_short: bool = False
+    _deadline: float = float("inf")
+    _next_validation: float = float("inf")
+    _epoch_steps: int = 0
+    _epoch_length: int | None = None
+
+    @property
+    def validates_mid_epoch(self) -> bool:
+        """Whether validation runs between training steps (`Every(steps=)`/`Every(seconds=)`)
+        rather than after training epochs."""
+        every = self.validate_every
+        return every is not None and every.epochs is None
+
+    def validates_after_epoch(self, epochs: int) -> bool:
+        """Whether the validation phases run after the `epochs`-th training round."""
+        every = self.validate_every
+        return every is None or (every.epochs is not None and every.due(epochs))
+
+    def start(self) -> None:
+        """Start the clock of `max_time` and `Every(seconds=...)` (read only when one is set)."""
+        if self.max_time is not None or _seconds(self.validate_every) is not None:
+            now = clock()
+            if self.max_time is not None:
+                self._deadline = now + self.max_time
+            if _seconds(self.validate_every) is not None:
+                self._next_validation = now + self.validate_every.seconds
+
+    def begin_epoch(self, data: Any) -> None:
+        """A training epoch over `data` begins: its length tells a cut epoch from a full one."""
+        self._epoch_steps = 0
+        self._epoch_length = len(data) if hasattr(data, "__len__") else None
+
+    def after_step(self) -> bool:
+        """Count a training step, validate if due; whether a limit is now reached."""
+        self.steps += 1
+        self._epoch_steps += 1
+        every = self.validate_every
+        if every is not None:
+            if every.steps is not None:
+                if self.steps % every.steps == 0:
+                    self.validate()
+            elif every.seconds is not None and clock() >= self._next_validation:
+                self.validate()
+                self._next_validation = clock() + every.seconds
+        if self.max_steps is not None and self.steps >= self.max_steps:
+            return self._stop(f"max_steps={self.max_steps} reached")
+        if self.max_time is not None and clock() >= self._deadline:
+            return self._stop(f"max_time={self.max_time:g} s reached")
+        return False
+
+    def _stop(self, reason: str) -> bool:
+        self.stop_reason = reason
+        self.cut_short = self._epoch_steps != self._epoch_length
+        return True
+
+
+def _seconds(every: Every | None) -> float | None:
+    return None if every is None else every.seconds
+
+
+def make_budget(n_epochs: Any, max_steps: Any, max_time: Any, validate_every: Any,
+                distributed: bool) -> Budget | None:
+    """Check `fit`'s limits and `validate_every`; the `Budget`, or `None` when the fit has
+    only `n_epochs` (then the loop runs as it did before limits existed)."""
+    if n_epochs is not None and (not isinstance(n_epochs, int) or isinstance(n_epochs, bool)
+                                 or n_epochs < 0):
+        raise ValueError(f"fit(n_epochs={n_epochs!r}): n_epochs must be an int >= 0")
+    if max_steps is not None and (isinstance(max_steps, bool)
+                                  or not isinstance(max_steps, numbers.Integral) or max_steps < 1):
+        raise ValueError(f"fit(max_steps={max_steps!r}): max_steps must be a whole number >= 1, "
+                         "e.g. fit(max_steps=1000)")
+    seconds = _as_seconds(max_time)
+    if validate_every is not None and not isinstance(validate_every, Every):
+        raise TypeError("validate_every must be an fp.Every, e.g. "
+                        f"validate_every=fp.Every(steps=500), not {validate_every!r}")
+    if n_epochs is None and max_steps is None and seconds is None:
+        raise ValueError("fit() needs a limit: give n_epochs (fit(3)), max_steps= or max_time= "
+                         "(seconds or a datetime.timedelta)")
+    if distributed and seconds is not None:
+        raise ValueError("fit(max_time=...): max_time= is not supported under DDP yet (the "
+                         "ranks would have to agree on the clock); use max_steps= or n_epochs")
+    if distributed and _seconds(validate_every) is not None:
+        raise ValueError("fit(validate_every=fp.Every(seconds=...)): Every(seconds=...) is not "
+                         "supported under DDP yet; use fp.Every(steps=...) or fp.Every(epochs=...)")
+    if max_steps is None and seconds is None and validate_every is None:
+        return None
+    return Budget(None if max_steps is None else int(max_steps), seconds, validate_every)
+
+
+def _as_seconds(max_time: Any) -> float | None:
+    if max_time is None:
+        return None
+    value = max_time.total_seconds() if isinstance(max_time, datetime.timedelta) else max_time
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"fit(max_time={max_time!r}): max_time must be seconds > 0 (a number) "
+                         "or a datetime.timedelta, e.g. fit(max_time=3600)")
+    return float(value) if not isinstance(value, int) else value
