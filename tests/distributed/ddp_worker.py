@@ -222,6 +222,22 @@ def buffers() -> None:
           valid_loss=learner.cbstate.metricsepoch[fp.ValidationPhase()]["loss"])
 
 
+def limits() -> None:
+    """max_steps=6 and validation every 2 steps over 8 batches (4 per rank): same stop."""
+    learner = fp.Learner(model(), F.mse_loss, data=(batches(8, seed=12), batches(4, seed=13)),
+                         optimizer=sgd(0.05), callbacks=[fp.Recorder(), fp.Metrics()],
+                         use_default_callbacks=False)
+    result = learner.fit(max_steps=6, validate_every=fp.Every(steps=2))
+    try:
+        learner.fit(max_time=60)
+        refused = None
+    except ValueError as exc:
+        refused = str(exc)
+    write("limits", history=history(learner), weights=weights(learner),
+          result=[result.epochs, result.stop_reason], refused=refused,
+          valid_loss=learner.cbstate.metricsepoch[fp.ValidationPhase()]["loss"])
+
+
 def load_single() -> None:
     """A checkpoint written by one process loads into a DDP learner."""
     learner = fp.Learner(model(), F.mse_loss, data=(batches(4, seed=11), None),

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 import fluxpy as fp
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
-SCENARIOS = ("train", "stop", "nan", "early", "accumulate", "resume", "buffers", "load_single")
+SCENARIOS = ("train", "stop", "nan", "early", "accumulate", "resume", "buffers", "load_single",
+             "limits")
 TIMEOUT = 120
 
 
@@ -207,3 +208,13 @@ def test_buffers_are_rank_zeros_on_every_rank_after_validation(out):
     r0, r1 = ranks(out, "buffers")
     assert r0["running_mean"] == r1["running_mean"]
     assert r0["valid_loss"] == r1["valid_loss"]
+
+
+def test_max_steps_and_validation_every_n_steps_stop_every_rank_at_the_same_step(out):
+    r0, r1 = ranks(out, "limits")
+    for r in (r0, r1):  # 4 steps per rank per epoch: a whole epoch, then 2 steps of the next
+        assert r["result"] == [1, "max_steps=6 reached"]
+        assert r["history"] == {"TrainingPhase": {"epochs": 2, "steps": 6},
+                                "ValidationPhase": {"epochs": 3, "steps": 3 * 2}}
+        assert "max_time= is not supported under DDP yet" in r["refused"]
+    assert r0["weights"] == r1["weights"] and r0["valid_loss"] == r1["valid_loss"]
