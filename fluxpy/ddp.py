@@ -49,8 +49,16 @@ so all ranks decide alike anyway.
 Limits of `fit`: `max_steps` and `validate_every=fp.Every(steps=...)` count training steps,
 which are the same on every rank (the training sampler gives each rank as many batches), so
 every rank stops, or validates in the middle of an epoch, at the same step without a
-collective. `max_time` and `fp.Every(seconds=...)` would need the ranks to agree on a clock
-reading; they are refused under DDP for now, with an error that says so.
+collective. `max_time` and `fp.Every(seconds=...)` read a clock, and the ranks' clocks
+differ (they start `fit` at slightly different moments, on different machines), so the
+decision is rank 0's: after each training step every rank reads its seconds since the start
+of `fit`, and a broadcast gives every rank rank 0's reading (`agreed_seconds`, installed as
+the budget's `agree` at each epoch), on which all ranks decide alike; a validation due by
+seconds reads the agreed clock once more when it ends. That is one small CPU broadcast per
+training step, only in a fit with `max_time` or `Every(seconds=...)` (~0.2 ms between two
+gloo processes on a shared 2-core machine, next to the step's own gradient all-reduce); a
+fit without them makes none. The stop is exact: every rank stops after the first step at
+which rank 0's clock has passed `max_time`.
 
 `CancelStepException` and `CancelEpochException` in training must be raised on all ranks
 alike (decide on all-reduced values), or one rank skips a gradient all-reduce the others wait
@@ -72,6 +80,7 @@ from .engine.loop import epoch
 from .support.distributed import (
     all_gather_object,
     all_reduce_sum,
+    broadcast_float,
     broadcast_int,
     init_distributed,
     is_distributed,
@@ -148,6 +157,9 @@ class DistributedTraining:
         """`fp.epoch` with the sampler's epoch set, and the ranks agreeing on a stop before and
         after it."""
         self.agree_on_stop()
+        budget = getattr(learner, "budget", None)
+        if budget is not None:  # max_time and Every(seconds=) decide on rank 0's clock
+            budget.agree = self.agreed_seconds
         sampler = getattr(data, "sampler", None)
         if callable(getattr(sampler, "set_epoch", None)):
             sampler.set_epoch(self._epoch_number(learner, phase))
@@ -166,6 +178,13 @@ class DistributedTraining:
         first = next(r for r, why in enumerate(reasons) if why is not None)
         self.reason = None
         raise _AgreedStop(f"{reasons[first]} (rank {first})")
+
+    @staticmethod
+    def agreed_seconds(seconds: float) -> float:
+        """Rank 0's `seconds` since the start of `fit`, on every rank: the clock reading that
+        `max_time` and `fp.Every(seconds=...)` decide on (every rank must call it at the same
+        point; one broadcast)."""
+        return broadcast_float(seconds)
 
     def deferring_stops(self, method: Callable[..., Any]) -> Callable[..., Any]:
         """The handler `method`, with a `CancelFitException` it raises recorded as this rank's

@@ -113,10 +113,60 @@ def test_limits_need_a_training_phase():
         learner.fit(max_steps=3, phases=valid)
 
 
-def test_max_time_under_ddp_is_an_error_naming_the_limitation():
-    learner = test_learner(n_batches=2)
-    learner.ddp = object()  # checked before anything distributed is touched
-    with pytest.raises(ValueError, match="max_time= is not supported under DDP yet"):
-        learner.fit(max_time=10)
-    with pytest.raises(ValueError, match=r"Every\(seconds=\.\.\.\) is not supported under DDP"):
-        learner.fit(1, validate_every=fp.Every(seconds=5))
+class RankZero:
+    """The agreement of a DDP budget, faked: returns rank 0's readings (the `k`-th call the
+    `k`-th of `readings`) and keeps the ones this rank passed in."""
+
+    def __init__(self, readings) -> None:
+        self.readings, self.passed = list(readings), []
+
+    def __call__(self, seconds: float) -> float:
+        self.passed.append(seconds)
+        return self.readings[len(self.passed) - 1]
+
+
+def _steps_until_stop(b: budget.Budget, n: int = 100) -> int:
+    b.start()
+    b.begin_epoch(range(n))
+    for step in range(1, n + 1):
+        if b.after_step():
+            return step
+    return n
+
+
+def test_under_ddp_max_time_decides_on_rank_zeros_clock(monkeypatch):
+    monkeypatch.setattr(budget, "clock", FakeClock(tick=10.0))  # this rank runs far ahead
+    b = budget.make_budget(None, None, 5.5, None, distributed=True)
+    b.agree = RankZero(range(1, 100))  # rank 0: 1 s after step 1, 2 s after step 2, ...
+    assert _steps_until_stop(b) == 6
+    assert b.stop_reason == "max_time=5.5 s reached"
+    assert b.agree.passed == [10.0 * k for k in range(1, 7)]  # its own seconds since start
+
+
+def test_under_ddp_validation_by_seconds_follows_rank_zeros_clock(monkeypatch):
+    monkeypatch.setattr(budget, "clock", FakeClock(tick=10.0))
+    b = budget.make_budget(None, 8, None, fp.Every(seconds=2.5), distributed=True)
+    validated = []
+    b.validate = lambda: validated.append(b.steps)
+    b.agree = RankZero(range(1, 100))
+    assert _steps_until_stop(b) == 8
+    # rank 0 reads 1, 2, 3 (due: validate, then 4 sets the next at 6.5), 5, 6, 7 (validate,
+    # 8 sets 10.5), 9, 10
+    assert validated == [3, 6]
+    assert len(b.agree.passed) == 10  # once per step, once after each validation
+
+
+def test_under_ddp_without_a_clock_limit_the_ranks_do_not_communicate(monkeypatch):
+    clock = FakeClock(tick=1.0)
+    monkeypatch.setattr(budget, "clock", clock)
+    b = budget.make_budget(None, 10, None, fp.Every(steps=2), distributed=True)
+    b.agree = RankZero([])
+    assert _steps_until_stop(b) == 10
+    assert (b.agree.passed, clock.reads) == ([], 0)
+
+
+def test_a_ddp_budget_without_its_agreement_says_what_is_missing(monkeypatch):
+    monkeypatch.setattr(budget, "clock", FakeClock(tick=1.0))
+    b = budget.make_budget(None, None, 5.0, None, distributed=True)
+    with pytest.raises(RuntimeError, match=r"needs the ranks' clock agreement \(Budget.agree\)"):
+        _steps_until_stop(b)

@@ -10,7 +10,16 @@ for `max_steps` and a clock read only when `max_time` or `Every(seconds=...)` is
 without a budget pays one `is None` test per step.
 
 The clock is `fluxpy.engine.budget.clock` (`time.monotonic`), read when it is called, so a
-test replaces it with a fake one (`monkeypatch.setattr(budget, "clock", fake)`).
+test replaces it with a fake one (`monkeypatch.setattr(budget, "clock", fake)`). Time is
+measured from `start` (seconds since this fit began), read once per step and once more after
+a validation the clock started.
+
+Under DDP every rank must stop, and validate, at the same step, yet the ranks' clocks differ.
+So a budget made for a distributed fit decides on an agreed reading: `agree` (set by
+`fluxpy.ddp` before the first training epoch) takes this rank's seconds since the start and
+returns rank 0's, broadcast. It is called at the same points on every rank (the ranks run
+the same number of training steps), once per training step, and only when `max_time` or
+`Every(seconds=...)` is set; budgets without them never call it.
 """
 
 from __future__ import annotations
@@ -40,6 +49,9 @@ class Budget:
         max_time: seconds this fit may run (checked after each training step), or `None`.
         validate_every: an `Every`, or `None` (validation after each training epoch).
         validate: runs the validation phases once (set by `fit`).
+        distributed: whether the ranks must agree on the clock (a DDP fit).
+        agree: under DDP, this rank's seconds since the start -> rank 0's, on every rank (a
+            collective; set by `fluxpy.ddp`). `None` in one process.
         steps: training steps run so far in this fit.
         stop_reason: why training must end, once a limit is reached.
         cut_short: whether the training epoch that reached the limit still had batches.
@@ -49,10 +61,13 @@ class Budget:
     max_time: float | None = None
     validate_every: Every | None = None
     validate: Callable[[], None] = lambda: None
+    distributed: bool = False
+    agree: Callable[[float], float] | None = None
     steps: int = 0
     stop_reason: str | None = None
     cut_short: bool = False
-    _deadline: float = float("inf")
+    _timed: bool = False
+    _origin: float = 0.0
     _next_validation: float = float("inf")
     _epoch_steps: int = 0
     _epoch_length: int | None = None
@@ -71,12 +86,11 @@ class Budget:
 
     def start(self) -> None:
         """Start the clock of `max_time` and `Every(seconds=...)` (read only when one is set)."""
-        if self.max_time is not None or _seconds(self.validate_every) is not None:
-            now = clock()
-            if self.max_time is not None:
-                self._deadline = now + self.max_time
-            if _seconds(self.validate_every) is not None:
-                self._next_validation = now + self.validate_every.seconds
+        period = _seconds(self.validate_every)
+        self._timed = self.max_time is not None or period is not None
+        if self._timed:
+            self._origin = clock()
+            self._next_validation = float("inf") if period is None else period
 
     def begin_epoch(self, data: Any) -> None:
         """A training epoch over `data` begins: its length tells a cut epoch from a full one."""
@@ -88,18 +102,31 @@ class Budget:
         self.steps += 1
         self._epoch_steps += 1
         every = self.validate_every
+        now = self._elapsed() if self._timed else 0.0
         if every is not None:
             if every.steps is not None:
                 if self.steps % every.steps == 0:
                     self.validate()
-            elif every.seconds is not None and clock() >= self._next_validation:
+            elif every.seconds is not None and now >= self._next_validation:
                 self.validate()
-                self._next_validation = clock() + every.seconds
+                now = self._elapsed()
+                self._next_validation = now + every.seconds
         if self.max_steps is not None and self.steps >= self.max_steps:
             return self._stop(f"max_steps={self.max_steps} reached")
-        if self.max_time is not None and clock() >= self._deadline:
+        if self.max_time is not None and now >= self.max_time:
             return self._stop(f"max_time={self.max_time:g} s reached")
         return False
+
+    def _elapsed(self) -> float:
+        """Seconds since `start`: this rank's clock, or under DDP rank 0's (a collective)."""
+        seconds = clock() - self._origin
+        if not self.distributed:
+            return seconds
+        if self.agree is None:
+            raise RuntimeError("a distributed fit with max_time= or fp.Every(seconds=...) "
+                               "needs the ranks' clock agreement (Budget.agree), which "
+                               "fluxpy.ddp sets in its epoch; run epochs through learner.ddp")
+        return self.agree(seconds)
 
     def _stop(self, reason: str) -> bool:
         self.stop_reason = reason
@@ -114,7 +141,8 @@ def _seconds(every: Every | None) -> float | None:
 def make_budget(n_epochs: Any, max_steps: Any, max_time: Any, validate_every: Any,
                 distributed: bool) -> Budget | None:
     """Check `fit`'s limits and `validate_every`; the `Budget`, or `None` when the fit has
-    only `n_epochs` (then the loop runs as it did before limits existed)."""
+    only `n_epochs` (then the loop runs as it did before limits existed). A `distributed`
+    budget decides on the clock reading the ranks agree on (see the module docstring)."""
     if n_epochs is not None and (not isinstance(n_epochs, int) or isinstance(n_epochs, bool)
                                  or n_epochs < 0):
         raise ValueError(f"fit(n_epochs={n_epochs!r}): n_epochs must be an int >= 0")
@@ -129,15 +157,10 @@ def make_budget(n_epochs: Any, max_steps: Any, max_time: Any, validate_every: An
     if n_epochs is None and max_steps is None and seconds is None:
         raise ValueError("fit() needs a limit: give n_epochs (fit(3)), max_steps= or max_time= "
                          "(seconds or a datetime.timedelta)")
-    if distributed and seconds is not None:
-        raise ValueError("fit(max_time=...): max_time= is not supported under DDP yet (the "
-                         "ranks would have to agree on the clock); use max_steps= or n_epochs")
-    if distributed and _seconds(validate_every) is not None:
-        raise ValueError("fit(validate_every=fp.Every(seconds=...)): Every(seconds=...) is not "
-                         "supported under DDP yet; use fp.Every(steps=...) or fp.Every(epochs=...)")
     if max_steps is None and seconds is None and validate_every is None:
         return None
-    return Budget(None if max_steps is None else int(max_steps), seconds, validate_every)
+    return Budget(None if max_steps is None else int(max_steps), seconds, validate_every,
+                  distributed=distributed)
 
 
 def _as_seconds(max_time: Any) -> float | None:

@@ -41,6 +41,7 @@ __all__ = [
     "all_gather_object",
     "all_reduce_sum",
     "barrier",
+    "broadcast_float",
     "broadcast_int",
     "init_distributed",
     "is_distributed",
@@ -196,6 +197,16 @@ def broadcast_int(value: int) -> int:
     tensor = torch.tensor([value], dtype=torch.int64)
     dist.broadcast(tensor, src=0, group=_control_group())
     return int(tensor.item())
+
+
+def broadcast_float(value: float) -> float:
+    """Rank 0's `value`, on every rank (float64; unchanged without distributed training).
+    What the ranks agree on for a decision taken on rank 0's clock, e.g. `fit(max_time=)`."""
+    if not is_distributed():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    dist.broadcast(tensor, src=0, group=_control_group())
+    return float(tensor.item())
 
 
 def all_gather_object(obj: Any) -> list[Any]:

@@ -228,13 +228,92 @@ def limits() -> None:
                          optimizer=sgd(0.05), callbacks=[fp.Recorder(), fp.Metrics()],
                          use_default_callbacks=False)
     result = learner.fit(max_steps=6, validate_every=fp.Every(steps=2))
-    try:
-        learner.fit(max_time=60)
-        refused = None
-    except ValueError as exc:
-        refused = str(exc)
     write("limits", history=history(learner), weights=weights(learner),
-          result=[result.epochs, result.stop_reason], refused=refused,
+          result=[result.epochs, result.stop_reason],
+          valid_loss=learner.cbstate.metricsepoch[fp.ValidationPhase()]["loss"])
+
+
+class RankClock:
+    """`fluxpy.engine.budget.clock` faked per rank: rank 0's moves 1 s per read, rank 1's
+    3 s per read from another origin (it runs ahead: alone it would stop much earlier)."""
+
+    def __init__(self) -> None:
+        self.now, self.tick = 1000.0 + 500.0 * RANK, 1.0 + 2.0 * RANK
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+class Collectives:
+    """Counts the calls of torch.distributed's broadcast and all_reduce (as wrappers)."""
+
+    def __init__(self) -> None:
+        self.counts = {"broadcast": 0, "all_reduce": 0}
+        self.originals = {name: getattr(dist, name) for name in self.counts}
+        for name, original in self.originals.items():
+            setattr(dist, name, self._counting(name, original))
+
+    def _counting(self, name, original):
+        def call(*args, **kwargs):
+            self.counts[name] += 1
+            return original(*args, **kwargs)
+        return call
+
+    def take(self) -> dict:
+        counts, self.counts = self.counts, dict.fromkeys(self.counts, 0)
+        return counts
+
+    def restore(self) -> None:
+        for name, original in self.originals.items():
+            setattr(dist, name, original)
+
+
+@attrs.define
+class ValidationSteps(fp.Callback):
+    """The training step (of the running fit) after which each validation epoch began."""
+
+    steps: int = 0
+    at: list = attrs.Factory(list)
+
+
+@fp.on.dispatch
+def _count_step(event: fp.StepEnd, phase: fp.TrainingPhase, cb: ValidationSteps, learner):
+    cb.steps += 1
+
+
+@fp.on.dispatch
+def _validation_at(event: fp.EpochBegin, phase: fp.ValidationPhase, cb: ValidationSteps,
+                   learner):
+    cb.at.append(cb.steps)
+
+
+def timed() -> None:
+    """max_time and Every(seconds=) with clocks that differ per rank: rank 0's decides."""
+    budget_module = sys.modules["fluxpy.engine.budget"]
+    saved_clock, budget_module.clock = budget_module.clock, RankClock()
+    seen = ValidationSteps()
+    learner = fp.Learner(model(), F.mse_loss, data=(batches(8, seed=14), batches(4, seed=15)),
+                         optimizer=sgd(0.05), callbacks=[fp.Recorder(), fp.Metrics(), seen],
+                         use_default_callbacks=False)
+    learner.fit(1)  # the first fit agrees on a seed (one broadcast): not counted
+    collectives = Collectives()
+    try:
+        by_steps = learner.fit(max_steps=6)
+        counted_steps = collectives.take()
+        by_time = learner.fit(max_time=5.5)  # rank 0: 1 s per step, so 6 steps
+        counted_time = collectives.take()
+        time_history, time_weights = history(learner), weights(learner)
+        seen.steps, seen.at = 0, []
+        every = learner.fit(max_steps=8, validate_every=fp.Every(seconds=2.5))
+    finally:
+        collectives.restore()
+        budget_module.clock = saved_clock
+    write("timed", by_steps=[by_steps.epochs, by_steps.stop_reason],
+          by_time=[by_time.epochs, by_time.stop_reason], counted_steps=counted_steps,
+          counted_time=counted_time, time_history=time_history, time_weights=time_weights,
+          every=[every.epochs, every.stop_reason], validated_at=seen.at,
+          history=history(learner), weights=weights(learner),
           valid_loss=learner.cbstate.metricsepoch[fp.ValidationPhase()]["loss"])
 
 

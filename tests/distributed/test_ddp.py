@@ -23,7 +23,7 @@ import fluxpy as fp
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 SCENARIOS = ("train", "stop", "nan", "early", "accumulate", "resume", "buffers", "load_single",
-             "limits")
+             "limits", "timed")
 TIMEOUT = 120
 
 
@@ -216,5 +216,33 @@ def test_max_steps_and_validation_every_n_steps_stop_every_rank_at_the_same_step
         assert r["result"] == [1, "max_steps=6 reached"]
         assert r["history"] == {"TrainingPhase": {"epochs": 2, "steps": 6},
                                 "ValidationPhase": {"epochs": 3, "steps": 3 * 2}}
-        assert "max_time= is not supported under DDP yet" in r["refused"]
     assert r0["weights"] == r1["weights"] and r0["valid_loss"] == r1["valid_loss"]
+
+
+def test_max_time_stops_every_rank_at_the_same_step_on_rank_zeros_clock(out):
+    # Rank 0's fake clock moves 1 s per step, rank 1's 3 s (alone it would stop after 2):
+    # both stop after the 6th step, when rank 0's clock passes 5.5 s.
+    r0, r1 = ranks(out, "timed")
+    for r in (r0, r1):
+        assert r["by_time"] == [1, "max_time=5.5 s reached"]
+        assert r["time_history"]["TrainingPhase"] == {"epochs": 1 + 2 + 2, "steps": 4 + 6 + 6}
+    assert r0["time_weights"] == r1["time_weights"]
+    assert r0["time_history"] == r1["time_history"]
+
+
+def test_max_time_costs_one_broadcast_per_step_and_max_steps_none(out):
+    for r in ranks(out, "timed"):
+        assert r["by_steps"] == [1, "max_steps=6 reached"]
+        assert r["counted_steps"]["broadcast"] == 0
+        assert r["counted_time"] == {"broadcast": 6,  # the same 6 steps, one broadcast each
+                                     "all_reduce": r["counted_steps"]["all_reduce"]}
+
+
+def test_validation_every_seconds_runs_at_the_same_steps_on_every_rank(out):
+    # rank 0 reads 1, 2, 3 s (due at 2.5: validate; the next at 4 + 2.5), 5, 6, 7 s (validate)
+    r0, r1 = ranks(out, "timed")
+    for r in (r0, r1):
+        assert r["every"] == [2, "max_steps=8 reached"]  # two whole epochs of 4 steps
+        assert r["validated_at"] == [3, 6]
+    assert r0["weights"] == r1["weights"]
+    assert r0["valid_loss"] == r1["valid_loss"] and r0["history"] == r1["history"]

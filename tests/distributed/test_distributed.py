@@ -147,6 +147,18 @@ def test_collectives_do_nothing_in_one_process():
     distributed.barrier()
     assert distributed.all_reduce_sum(torch.tensor([2.0])).item() == 2.0
     assert distributed.all_gather_object("x") == ["x"]
+    assert distributed.broadcast_float(2.75) == 2.75
+
+
+def test_max_time_under_ddp_with_one_process_stops_on_its_own_clock(world_of_one, monkeypatch):
+    from fluxpy.engine import budget
+
+    ticks = iter(range(100))
+    monkeypatch.setattr(budget, "clock", lambda: float(next(ticks)))  # 1 s per read
+    learner = test_learner(fp.Recorder(), n_batches=4, distributed=True)
+    result = learner.fit(max_time=2.5, validate_every=fp.Every(seconds=10))
+    assert result == fp.FitResult(0, "max_time=2.5 s reached")
+    assert learner.cbstate.history[fp.TrainingPhase()].steps == 3
 
 
 # -- sharding ------------------------------------------------------------------------------
