@@ -45,6 +45,7 @@ from .core.errors import (
     CallbackGraphError,
     CancelEpochException,
     CancelFitException,
+    CheckpointError,
 )
 from .core.events import BUILTIN_EVENTS, Event, FitBegin, FitEnd
 from .core.every import Every
@@ -59,6 +60,7 @@ from .engine.executors import Executor, SerialExecutor
 from .engine.firing import check_fire, fires, firing, firing_callback
 from .engine.loop import epoch
 from .engine.plans import Plans, method_for
+from .engine.position import Position, mismatch
 from .support.devices import resolve_device
 from .support.distributed import runs_on_this_rank
 
@@ -155,6 +157,7 @@ class Learner:
         self.scaler = None
         self.epoch_phases: tuple[Phase, ...] = ()
         self.budget: Budget | None = None  # the limits of the running fit (fluxpy.engine.budget)
+        self.position = Position()  # where a training epoch is (fluxpy.engine.position)
         self._fitting = False  # while true, changes of callbacks wait for an epoch boundary
         self._queued: list[Callback] | None = None  # the roots a change during fit asked for
         # Every callback this learner has adopted (by id, kept alive so ids stay unique): each
@@ -229,6 +232,7 @@ class Learner:
             budget.validate = lambda: self._validate(run_epoch, validation)
             if budget.validate_every is not None:
                 schedule = [(p, d) for p, d in schedule if isinstance(p, AbstractTrainingPhase)]
+        first = _resumed_phase(self.position, schedule)
         epochs, reason = 0, None
         self._fitting = True
         self.budget = budget
@@ -238,6 +242,9 @@ class Learner:
                 budget.start()
             for _ in rounds:
                 for k, (phase, phase_data) in enumerate(schedule):
+                    if k < first:  # ran before the mid-epoch checkpoint this fit resumes
+                        continue
+                    self.position.phase = k
                     self._apply_queued(boundary=True)
                     try:
                         run_epoch(self, phase, phase_data)
@@ -250,6 +257,7 @@ class Learner:
                     if budget is not None and budget.cut_short:
                         raise CancelFitException(budget.stop_reason)
                 epochs += 1
+                first = 0
                 if budget is not None:
                     if budget.validates_after_epoch(epochs) and budget.validate_every:
                         self._apply_queued(boundary=True)
@@ -517,6 +525,23 @@ def _init(cb: Callback, name: str, view: Any, groups: dict[int, Callback]) -> No
         exc.add_note(f"raised by {name}.init(learner){where}, when the learner adopted {name}; "
                      "the learner's callbacks are as they were")
         raise
+
+
+def _resumed_phase(position: Position, schedule: Sequence[tuple[Phase, Any]]) -> int:
+    """The phase of the first round a pending mid-epoch position resumes at (0 if none),
+    checked against this fit's phases and data before anything runs."""
+    pending = position.pending
+    if pending is None:
+        return 0
+    k = pending["phase"]
+    if k >= len(schedule) or not isinstance(schedule[k][0], AbstractTrainingPhase):
+        raise CheckpointError("the checkpoint", f"was taken in the training epoch of phase {k} "
+                              "of a round; this fit's phases have no training phase there. "
+                              "Resume with the phases it was trained with.", "position")
+    problem = mismatch(pending, schedule[k][1])
+    if problem:
+        raise CheckpointError("the checkpoint", problem, "position")
+    return k
 
 
 def _short(callback: Callback | type) -> str:

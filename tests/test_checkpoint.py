@@ -154,7 +154,8 @@ def test_a_checkpoint_holds_format_model_optimizer_callbacks_cbstate_and_rng(tmp
     assert torch.equal(state["model"]["0.weight"], learner.model[0].weight)
     assert state["optimizer"]["param_groups"] == learner.optimizer.state_dict()["param_groups"]
     assert state["scaler"] is None
-    assert state["callbacks"] == {"Metrics": {}, "Scheduler": {"step": STEPS_PER_EPOCH},
+    assert state["callbacks"] == {"Metrics": {}, "Recorder": {"running": {}},
+                                  "Scheduler": {"step": STEPS_PER_EPOCH},
                                   "NoisyTargets": {"steps": STEPS_PER_EPOCH}}
     assert sorted(state["cbstate"]) == ["history", "metricsepoch", "metricsstep"]
     assert sorted(state["rng"]) == ["cuda", "numpy", "python", "torch"]
@@ -318,8 +319,8 @@ def _rewrite(path, change):
 
 
 def test_a_checkpoint_from_a_newer_format_is_an_error(saved):
-    _rewrite(saved, lambda state: state.update(version=3))
-    _load_fails(saved, r"newer fluxpy \(checkpoint format version 3; this fluxpy reads up to 2\)")
+    _rewrite(saved, lambda state: state.update(version=4))
+    _load_fails(saved, r"newer fluxpy \(checkpoint format version 4; this fluxpy reads up to 3\)")
 
 
 def test_a_checkpoint_missing_an_entry_is_damaged(saved):

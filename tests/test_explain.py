@@ -235,7 +235,7 @@ def test_explain_tells_a_runafter_once_and_the_state_a_pair_shares_in_one_line(t
         "    StepBegin      Scheduler",
         "    BackwardBegin  StopOnNaNLoss",
         "    BackwardEnd    GradientClipping",
-        "    StepEnd        Recorder -> Metrics -> ProgressPrinter",
+        "    StepEnd        Recorder -> Metrics -> ProgressPrinter -> Checkpointer",
         "    EpochEnd       GradientClipping -> Recorder -> Metrics -> ProgressPrinter -> "
         "MetricsPrinter -> StopOnNaNLoss -> Checkpointer",
         "  ValidationPhase",

@@ -28,6 +28,15 @@ save, and so are temporary files left by writes that were killed. A folder that 
 checkpoints beyond the learner's epoch (another run's) is an error at `FitBegin`, not something
 to overwrite: load them, or use another folder.
 
+In the middle of epochs. With `every=fp.Every(steps=n)` (or `fp.Every(seconds=s)`) it saves
+after every n-th training step (at the first step boundary s seconds after the previous save)
+as `epoch-NNNN-step-SSSSSS.pt` (S steps into the round after N), and keeps the last completed
+epoch for `FitEnd` as with `every` > 1. When `fit` stops in the middle of a training epoch
+because of `max_steps` or `max_time`, whatever `every` is, the state at that step (before the
+epoch's `EpochEnd`) is written at `FitEnd`: a job with a time limit resumes where it stopped.
+`load_checkpoint(learner, folder)` loads the newest file, epoch or step, and the next `fit`
+first finishes the interrupted epoch (`fluxpy.engine.position`).
+
 Under `torch.distributed` only rank 0 writes and prunes; the other ranks wait for it.
 """
 
@@ -38,6 +47,7 @@ import contextlib
 import math
 import os
 import tempfile
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -48,12 +58,16 @@ import torch
 from ..core.access import Access, Read
 from ..core.callback import Callback, UnsafeCallback, on, runafter, stateaccess
 from ..core.errors import CheckpointError
-from ..core.events import EpochEnd, FitBegin, FitEnd
-from ..core.phases import Phase, ValidationPhase
+from ..core.events import EpochEnd, FitBegin, FitEnd, StepEnd
+from ..core.every import Every
+from ..core.phases import AbstractTrainingPhase, Phase, ValidationPhase
 from ..support.checkpoint import checkpoint_files, checkpoint_state, write_checkpoint
 from ..support.distributed import on_rank_zero
 
 __all__ = ["Checkpointer"]
+
+#: The clock `every=fp.Every(seconds=...)` reads (a test replaces it).
+clock = time.monotonic
 
 
 @attrs.define
@@ -63,7 +77,9 @@ class Checkpointer(UnsafeCallback):
     Args:
         folder: where the `epoch-NNNN.pt` files go; created if missing. A folder that cannot
             be written is a `CheckpointError` here, not at the first save.
-        every: save every this many epochs (and the last completed epoch when `fit` ends).
+        every: save every this many epochs (and the last completed epoch when `fit` ends),
+            or an `fp.Every`: `Every(epochs=n)` is `n`, `Every(steps=n)` and
+            `Every(seconds=s)` save in the middle of training epochs.
         keep_last: how many of the newest checkpoints to keep; `None` keeps all.
         monitor: a validation metric name (`"loss"`, or one given to `Metrics`) by which
             `keep_best` ranks checkpoints.
@@ -77,7 +93,7 @@ class Checkpointer(UnsafeCallback):
     """
 
     folder: Path = attrs.field(converter=Path)
-    every: int = 1
+    every: int | Every = 1
     keep_last: int | None = 3
     monitor: str | None = None
     mode: str = "min"
@@ -87,10 +103,19 @@ class Checkpointer(UnsafeCallback):
     _phases_ended: int | None = attrs.field(default=None, init=False, repr=False)  # in fit
     # (epoch, copy of its state) of an epoch not yet saved; the copy exists on rank 0 only
     _pending: tuple[int, dict | None] | None = attrs.field(default=None, init=False, repr=False)
+    _steps: int = attrs.field(default=0, init=False, repr=False)  # training steps since a save
+    _last_save: float = attrs.field(default=0.0, init=False, repr=False)
+    _hook: Any = attrs.field(default=None, init=False, repr=False)  # in position.on_cut
+    # (file name, copy of the state) taken where a limit of fit cut a training epoch
+    _cut: tuple[str, dict | None] | None = attrs.field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        if not isinstance(self.every, int) or self.every < 1:
-            raise ValueError(f"Checkpointer(every={self.every!r}): every must be an int >= 1")
+        if isinstance(self.every, Every) and self.every.epochs is not None:
+            self.every = self.every.epochs
+        if not isinstance(self.every, Every) and (
+                not isinstance(self.every, int) or isinstance(self.every, bool) or self.every < 1):
+            raise ValueError(f"Checkpointer(every={self.every!r}): every must be an int >= 1 "
+                             "(epochs) or an fp.Every, e.g. every=fp.Every(steps=500)")
         if self.keep_last is not None and (not isinstance(self.keep_last, int)
                                            or self.keep_last < 1):
             raise ValueError(f"Checkpointer(keep_last={self.keep_last!r}): keep at least the "
@@ -123,10 +148,18 @@ class Checkpointer(UnsafeCallback):
         self.epoch = int(state["epoch"])
         self.scores = {str(k): float(v) for k, v in state["scores"].items()}
 
-    def _save(self, epoch: int, state: dict) -> None:
+    @property
+    def _epochs_only(self) -> bool:
+        return not isinstance(self.every, Every)
+
+    def _save(self, epoch: int | str, state: dict) -> None:
         _remove_leftovers(self.folder)
-        write_checkpoint(state, self.folder / f"epoch-{epoch:04d}.pt")
+        name = epoch if isinstance(epoch, str) else f"epoch-{epoch:04d}.pt"
+        write_checkpoint(state, self.folder / name)
         self._prune()
+
+    def _step_name(self, learner) -> str:
+        return f"epoch-{self.epoch:04d}-step-{learner.position.steps:06d}.pt"
 
     def _prune(self) -> None:
         files = checkpoint_files(self.folder)
@@ -176,8 +209,14 @@ def _checkpointer_access(cb: Checkpointer):
 
 @on.dispatch
 def _checkpointer_fit_begin(event: FitBegin, phase: Phase, cb: Checkpointer, learner):
-    cb._phases_ended = 0
-    later = [path for epoch, path in checkpoint_files(cb.folder) if epoch > cb.epoch]
+    cb._phases_ended, cb._steps, cb._cut, cb._last_save = 0, 0, None, clock()
+    cb._hook = lambda: _take_cut(cb, learner)
+    learner.position.on_cut.append(cb._hook)
+    pending = learner.position.pending
+    if pending is not None:  # a resumed round: its earlier phases ended before the checkpoint
+        cb._phases_ended = pending["phase"]
+    here = (cb.epoch, 0 if pending is None else pending["steps"])
+    later = [path for key, path in checkpoint_files(cb.folder) if key > here]
     if later:
         raise CheckpointError(
             cb.folder, f"already holds {later[-1].name}, beyond this learner's epoch {cb.epoch}: "
@@ -199,17 +238,46 @@ def _checkpointer_epoch_end(event: EpochEnd, phase: Phase, cb: Checkpointer, lea
     if cb.monitor is not None:
         cb.scores[f"epoch-{epoch:04d}.pt"] = cb._score(learner)
     cb._pending = None
-    if epoch % cb.every == 0:
+    if cb._epochs_only and epoch % cb.every == 0:
         on_rank_zero(lambda: cb._save(epoch, checkpoint_state(learner)))
     else:
         cb._pending = (epoch, on_rank_zero(lambda: _copied(checkpoint_state(learner))))
 
 
 @on.dispatch
+def _checkpointer_step_end(event: StepEnd, phase: AbstractTrainingPhase, cb: Checkpointer,
+                           learner):
+    every = cb.every
+    if cb._phases_ended is None or not isinstance(every, Every):
+        return
+    cb._steps += 1
+    if every.steps is not None:
+        if cb._steps < every.steps:
+            return
+    elif clock() - cb._last_save < every.seconds:
+        return
+    cb._steps = 0
+    state = checkpoint_state(learner)  # first: data that cannot resume is refused here
+    on_rank_zero(lambda: cb._save(cb._step_name(learner), state))
+    cb._last_save = clock()
+
+
+def _take_cut(cb: Checkpointer, learner) -> None:
+    """At a step where a limit of `fit` ends a training epoch early, before its `EpochEnd`."""
+    state = checkpoint_state(learner)  # first: data that cannot resume is refused here
+    cb._cut = (cb._step_name(learner), on_rank_zero(lambda: _copied(state)))
+
+
+@on.dispatch
 def _checkpointer_fit_end(event: FitEnd, phase: Phase, cb: Checkpointer, learner):
     pending, cb._pending, cb._phases_ended = cb._pending, None, None
+    cut, cb._cut = cb._cut, None
+    with contextlib.suppress(ValueError):
+        learner.position.on_cut.remove(cb._hook)
     if pending is not None:
         on_rank_zero(lambda: cb._save(*pending))
+    if cut is not None:
+        on_rank_zero(lambda: cb._save(*cut))
 
 
 def _copied(value: Any) -> Any:

@@ -82,6 +82,18 @@ class GradientAccumulation(Callback):
     _count: int = attrs.field(default=0, init=False, repr=False)
     _loss: torch.Tensor | None = attrs.field(default=None, init=False, repr=False)
 
+    def state_dict(self) -> dict:
+        """The steps done in the running group (its summed gradients are in the checkpoint's
+        `grads`), so a checkpoint inside a group resumes it exactly."""
+        return {"count": self._count}
+
+    def load_state_dict(self, state: dict) -> None:
+        count = state["count"]
+        if not isinstance(count, int) or not 0 <= count < self.n:
+            raise ValueError(f"GradientAccumulation(n={self.n}) cannot resume a group at step "
+                             f"{count!r}")
+        self._count = count
+
 
 @attrs.define
 class GradientClipping(Callback):

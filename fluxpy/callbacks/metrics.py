@@ -150,14 +150,32 @@ class Metrics(Callback):
             state.metricsepoch = {}
 
     def state_dict(self) -> dict:
-        """The running state of stateful metrics (function metrics have none between epochs)."""
-        return {m.name: m.fn.state_dict() for m in self.metrics
-                if m.stateful and hasattr(m.fn, "state_dict")}
+        """The running state of stateful metrics, and under `"__epochs__"` the means of the
+        epochs running now (a checkpoint in the middle of an epoch resumes them)."""
+        state = {m.name: m.fn.state_dict() for m in self.metrics
+                 if m.stateful and hasattr(m.fn, "state_dict")}
+        running = {}
+        for phase, epoch in self._epochs.items():
+            for mean in epoch.means.values():
+                mean.fold()
+            running[phase] = {name: (mean.total, mean.count) for name, mean in epoch.means.items()}
+        if running:
+            state["__epochs__"] = running
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         for m in self.metrics:
             if m.name in state and hasattr(m.fn, "load_state_dict"):
                 m.fn.load_state_dict(state[m.name])
+        self._epochs = {}
+        for phase, means in state.get("__epochs__", {}).items():
+            active = [m for m in self.metrics if isinstance(phase, m.phase)]
+            restored = {}
+            for name, (total, count) in means.items():
+                restored[name] = mean = _WeightedMean()
+                mean.total, mean.count = total, count
+            self._epochs[phase] = _Epoch(restored, tuple(m for m in active if not m.stateful),
+                                         tuple(m for m in active if m.stateful), {})
 
 
 def _is_stateful(obj: Any) -> bool:
@@ -192,6 +210,8 @@ def _metrics_produces(callback_type: type[Metrics]):
 
 @on.dispatch
 def _metrics_fit_begin(event: FitBegin, phase: Phase, cb: Metrics, learner):
+    for running, epoch in cb._epochs.items():  # resumed from a mid-epoch checkpoint
+        epoch.step = learner.cbstate.metricsstep.setdefault(running, {})
     for m in cb.metrics:
         if m.stateful and hasattr(m.fn, "to"):
             m.fn.to(learner.device)

@@ -46,6 +46,16 @@ class Recorder(Callback):
         if "history" not in learner.cbstate:
             learner.cbstate.history = Histories()
 
+    def state_dict(self) -> dict:
+        """The seconds each running epoch has taken so far (a checkpoint in the middle of an
+        epoch resumes its clock), else nothing."""
+        now = time.perf_counter()
+        return {"running": {phase: now - started for phase, started in self._started.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        now = time.perf_counter()
+        self._started = {phase: now - float(spent) for phase, spent in state["running"].items()}
+
 
 @stateaccess.dispatch
 def _recorder_access(cb: Recorder):

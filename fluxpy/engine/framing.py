@@ -35,16 +35,18 @@ EPOCH_BEGIN, EPOCH_END = EpochBegin(), EpochEnd()
 
 
 @contextmanager
-def run_epoch(learner, phase: Phase) -> Iterator[None]:
+def run_epoch(learner, phase: Phase, begin: bool = True) -> Iterator[None]:
     """Frame an epoch: `EpochBegin`, the body, `EpochEnd` (also after `CancelEpochException`).
 
     A context manager cannot skip its body, so `CancelEpochException` raised at `EpochBegin`
     fires `EpochEnd` and then leaves the `with` statement; `Learner.fit` catches it. A
     `CancelFitException` raised at `EpochEnd` leaves with `epoch_ended` set on it: `fit`
-    counts that epoch as run.
+    counts that epoch as run. `begin=False` (an epoch resumed from a mid-epoch checkpoint,
+    which began before it) fires no `EpochBegin`.
     """
     try:
-        learner.handle(EPOCH_BEGIN, phase)
+        if begin:
+            learner.handle(EPOCH_BEGIN, phase)
     except CancelEpochException:
         _end_epoch(learner, phase)
         raise

@@ -72,7 +72,7 @@ def _step(learner, phase: Phase, batch):
     )
 
 
-def _epoch(learner, phase: Phase, data, budget: Budget | None = None):
+def _epoch(learner, phase: Phase, data, budget: Budget | None = None, resumed: bool = False):
     """epoch(learner, phase, data)
 
     One pass of `phase` over `data`, framed by `EpochBegin`/`EpochEnd`. Validation phases run
@@ -80,7 +80,7 @@ def _epoch(learner, phase: Phase, data, budget: Budget | None = None):
     A training epoch of a `fit` with limits or `validate_every` (`learner.budget`) tells the
     budget of each step, and ends early when a limit is reached (`fluxpy.engine.budget`).
     """
-    with run_epoch(learner, phase):
+    with run_epoch(learner, phase, begin=not resumed):
         _run_steps(learner, phase, data, budget)
 
 
@@ -92,9 +92,22 @@ epoch = GenericFunction(_epoch, arity=3, params="learner, phase, data")
 def _training_epoch(learner, phase: AbstractTrainingPhase, data):
     learner.model.train()
     budget = getattr(learner, "budget", None)
-    if budget is not None:
-        budget.begin_epoch(data)
-    _epoch(learner, phase, data, budget)
+    position = getattr(learner, "position", None)
+    if position is None:  # a learner-like object without one
+        if budget is not None:
+            budget.begin_epoch(data)
+        _epoch(learner, phase, data, budget)
+        return
+    # A resumed epoch began before its checkpoint: no `EpochBegin`, the callbacks' state of
+    # the epoch so far comes from the checkpoint (`fluxpy.engine.position`).
+    pending = position.pending
+    if budget is not None:  # the steps this epoch runs, to tell a cut epoch from a whole one
+        budget.begin_epoch(data if pending is None or not hasattr(data, "__len__")
+                           else range(len(data) - pending["steps"]))
+    try:
+        _epoch(learner, phase, _Steps(position, data), budget, pending is not None)
+    finally:
+        position.end_epoch()
 
 
 @epoch.dispatch
@@ -123,17 +136,42 @@ def _run_steps(learner, phase: Phase, data, budget: Budget | None) -> None:
             except CancelStepException:  # raised at StepBegin, which runs no body
                 pass
             if budget is not None and budget.after_step():  # a limit: the epoch ends here
+                if budget.cut_short:
+                    for hook in getattr(learner, "position", _NO_POSITION).on_cut:
+                        hook()
                 break
             in_step = False
     except Exception as exc:
         if not in_step:
-            exc.add_note(f"raised by the data iterator of {phase} ({type(data).__name__})")
+            name = type(data.data if isinstance(data, _Steps) else data).__name__
+            exc.add_note(f"raised by the data iterator of {phase} ({name})")
         raise
     if impl_type is None:
         raise ValueError(_no_batches(phase, data))
 
 
+class _Steps:
+    """A training epoch's data, iterated through `learner.position` (which keeps the iterator)."""
+
+    __slots__ = ("data", "position")
+
+    def __init__(self, position, data) -> None:
+        self.position, self.data = position, data
+
+    def __iter__(self):  # after `EpochBegin`, as `iter(data)` always was
+        return self.position.start_epoch(self.data)
+
+
+class _NoPosition:
+    on_cut = ()
+
+
+_NO_POSITION = _NoPosition()
+
+
 def _no_batches(phase: Phase, data: Any) -> str:
+    if isinstance(data, _Steps):
+        data = data.data
     hint = ("an iterator or generator is used up after one pass: pass a list, a DataLoader or "
             "another object that can be iterated again" if iter(data) is data else
             "check the dataset and the DataLoader's batch_size / drop_last")

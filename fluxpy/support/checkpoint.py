@@ -22,6 +22,21 @@ A checkpoint is one `torch.save` file holding a dict:
                  "torch": torch.get_rng_state(), "cuda": [one state per CUDA device]}
     digest      `checkpoint_digest` of the rest: a file whose contents changed is refused
 
+A checkpoint taken in the middle of a training epoch (version 3) also holds:
+
+    position    `learner.position.state()`: the phase of the round, the steps done in its
+                training epoch, the data's length, batch size and dataset length, and the
+                random state the epoch's batch order was drawn from
+                (`fluxpy.engine.position`)
+    grads       {parameter name: gradient} of the parameters that have one (the gradients
+                `GradientAccumulation` has summed so far)
+
+Any checkpoint of a learner whose training data is a `DataLoader` with its own `generator`
+holds `data_rng`, that generator's state, set on it when the next training epoch begins (so
+the shuffling after a resume is the uninterrupted run's).
+
+After loading one, the next `fit` first finishes that epoch, from the next batch on.
+
 It loads with `torch.load(weights_only=True)`: no pickled code. Encoded values hold only None,
 bools, numbers, strings, bytes, tensors, and lists, tuples, sets and dicts with str or int keys
 of those. Anything else is a tagged dict, `{"__fluxpy__": kind, ...}`:
@@ -71,6 +86,7 @@ import numpy as np
 import torch
 
 from ..core.errors import CheckpointError
+from ..engine.position import generator_state_of, mismatch
 from .checkpoint_encoding import DecodeError, decode, encode, qualified_name
 
 __all__ = [
@@ -87,10 +103,13 @@ __all__ = [
 ]
 
 FORMAT = "fluxpy.support.checkpoint"
-FORMAT_VERSION = 2  # 2 added the digest and the optimizer class
+FORMAT_VERSION = 3  # 2 added the digest and the optimizer class, 3 the mid-epoch position
+#: Files without a position are written as version 2, which earlier fluxpy reads too.
+_EPOCH_END_VERSION = 2
 
 #: The names a `Checkpointer` gives its files; loading a folder looks only at these.
-CHECKPOINT_NAME = re.compile(r"^epoch-(\d+)\.pt$")
+#: `epoch-NNNN.pt` after N rounds, `epoch-NNNN-step-SSSSSS.pt` S steps into the next one.
+CHECKPOINT_NAME = re.compile(r"^epoch-(\d+)(?:-step-(\d+))?\.pt$")
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes zip archives
 
 
@@ -102,7 +121,8 @@ def save_checkpoint(learner, path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(learner, path: str | os.PathLike) -> Path:
-    """Restore `learner` from a checkpoint file, or from a folder's latest `epoch-NNNN.pt`.
+    """Restore `learner` from a checkpoint file, or from a folder's latest (`epoch-NNNN.pt`
+    or, taken in the middle of an epoch, `epoch-NNNN-step-SSSSSS.pt`).
 
     All or nothing: the file's digest and every part (model, optimizer, scaler, RNG, each
     callback's state, cbstate) are checked before anything changes, and a `CheckpointError`
@@ -114,6 +134,7 @@ def load_checkpoint(learner, path: str | os.PathLike) -> Path:
     file = _resolve(Path(path))
     state = _read(file)
     parts = _checked_parts(learner, state, file)
+    position = _checked_position(learner, state, file)
     # Callbacks first: their own load_state_dict is their check, undone if it fails; every
     # part after them was checked above and goes in as it is.
     _load_callbacks(parts.callbacks, file)
@@ -123,15 +144,34 @@ def load_checkpoint(learner, path: str | os.PathLike) -> Path:
         learner.scaler.load_state_dict(parts.scaler)
     _restore_cbstate(learner.cbstate, parts.cbstate)
     set_rng_state(state["rng"])
+    if position[0] is not None:  # the gradients of an unfinished accumulation group
+        for name, param in unwrap_model(learner.model).named_parameters():
+            grad = position[1].get(name)
+            param.grad = None if grad is None else grad.to(param.device)
+    if hasattr(learner, "position"):
+        learner.position.pending = position[0]
+        learner.position.generator_state = state.get("data_rng")
     return file
 
 
 def checkpoint_state(learner) -> dict[str, Any]:
     """The dict a checkpoint file holds, but its digest (tensors shared with the learner)."""
+    position = getattr(learner, "position", None)
+    mid_epoch = position is not None and position.mid_epoch
+    model = unwrap_model(learner.model)
+    extra = {} if not mid_epoch else {
+        "position": position.state(),
+        "grads": {name: p.grad for name, p in model.named_parameters() if p.grad is not None},
+    }
+    data = getattr(learner, "data", None)
+    generator = generator_state_of(getattr(data, "training", None))
+    if generator is not None:
+        extra["data_rng"] = generator
     return {
         "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "model": unwrap_model(learner.model).state_dict(),
+        "version": FORMAT_VERSION if mid_epoch else _EPOCH_END_VERSION,
+        **extra,
+        "model": model.state_dict(),
         "optimizer": learner.optimizer.state_dict(),
         "optimizer_class": qualified_name(type(learner.optimizer)),
         "scaler": None if learner.scaler is None else learner.scaler.state_dict(),
@@ -203,8 +243,10 @@ def replaced_atomically(path: Path) -> Iterator[BinaryIO]:
     _fsync_folder(path.parent)
 
 
-def checkpoint_files(folder: Path) -> list[tuple[int, Path]]:
-    """`(epoch, path)` of the complete checkpoints (`epoch-NNNN.pt`) in `folder`, oldest first.
+def checkpoint_files(folder: Path) -> list[tuple[tuple[int, int], Path]]:
+    """`((epochs, steps), path)` of the complete checkpoints in `folder`, oldest first:
+    `epoch-NNNN.pt` is `(N, 0)`, `epoch-NNNN-step-SSSSSS.pt` (S steps into the round after
+    N) is `(N, S)`.
 
     Temporary files of interrupted writes (`.epoch-NNNN.pt.*.tmp`) are not among them.
     """
@@ -212,7 +254,8 @@ def checkpoint_files(folder: Path) -> list[tuple[int, Path]]:
     for entry in os.scandir(folder):
         match = CHECKPOINT_NAME.match(entry.name)
         if match and entry.is_file():
-            found.append((int(match.group(1)), Path(entry.path)))
+            key = (int(match.group(1)), int(match.group(2) or 0))
+            found.append((key, Path(entry.path)))
     return sorted(found)
 
 
@@ -325,6 +368,37 @@ def _check_digest(state: dict[str, Any], file: Path) -> None:
         raise CheckpointError(file, "the file's contents changed since it was written (its "
                               "digest does not match): it is damaged or was edited. Load an "
                               "earlier checkpoint.", "digest")
+
+
+def _checked_position(learner, state: dict[str, Any], file: Path) -> tuple[dict | None, dict]:
+    """The saved mid-epoch position (or None) and gradients, checked against the learner's
+    model and, when it has them, its training data."""
+    position, grads = state.get("position"), state.get("grads", {})
+    data_rng = state.get("data_rng")
+    if data_rng is not None and (not isinstance(data_rng, torch.Tensor)
+                                 or data_rng.dtype != torch.uint8):
+        raise CheckpointError(file, "is damaged: its 'data_rng' entry is not a generator's "
+                              "state.", "data_rng")
+    if position is None:
+        return None, {}
+    keys = {"kind", "length", "batch_size", "dataset_length", "rng", "phase", "steps"}
+    if not isinstance(position, dict) or not keys <= set(position) or not isinstance(
+            grads, dict):
+        raise CheckpointError(file, "is damaged: its 'position' entry is not a position.",
+                              "position")
+    params = dict(unwrap_model(learner.model).named_parameters())
+    for name, grad in grads.items():
+        if name not in params or not isinstance(grad, torch.Tensor) or (
+                grad.shape != params[name].shape):
+            raise CheckpointError(file, f"holds a gradient for {name!r} that this model's "
+                                  "parameters do not match.", "grads")
+    data = getattr(learner, "data", None)
+    training = getattr(data, "training", None) if data is not None else None
+    if training is not None:
+        problem = mismatch(position, training)
+        if problem:
+            raise CheckpointError(file, problem, "position")
+    return position, grads
 
 
 @attrs.frozen
