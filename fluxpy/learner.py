@@ -117,6 +117,9 @@ class Learner:
     Attributes:
         plans: the handlers each event runs (`fluxpy.engine.plans.Plans`), for executors,
             `fp.explain` and tests; `plans.handlers(event, phase)` shows one plan.
+        position: where the running training epoch is (`fluxpy.engine.position.Position`):
+            what a checkpoint in the middle of an epoch saves, and, after `load_checkpoint`
+            of one, the step the next `fit` resumes that epoch at.
     """
 
     def __init__(

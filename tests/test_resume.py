@@ -226,3 +226,21 @@ def test_a_list_of_batches_resumes_at_its_kth_batch(tmp_path):
     first.fit(2, max_steps=4)
     resumed, _ = finish(tmp_path, 2, training=list(batches))
     assert_same(ref, resumed)
+
+
+def test_a_torchdata_stateful_dataloader_resumes_from_its_own_state(tmp_path):
+    stateful = pytest.importorskip("torchdata.stateful_dataloader")
+
+    def loader(train):
+        return stateful.StatefulDataLoader(train, batch_size=BATCH, shuffle=True,
+                                           generator=torch.Generator().manual_seed(1))
+
+    reference_train = Counted()
+    ref, _ = reference(3, training=loader(reference_train))
+    first_train = Counted()
+    first, _ = make(tmp_path, training=loader(first_train))
+    first.fit(3, max_steps=13)
+    resumed_train = Counted()
+    resumed, _ = finish(tmp_path, 2, training=loader(resumed_train))
+    assert_same(ref, resumed)
+    assert first_train.reads[:13 * BATCH] + resumed_train.reads == reference_train.reads

@@ -11,6 +11,8 @@ A checkpoint taken during a training epoch holds `Position.state()`; `load_check
 it back with `Position.resume`, and the next training epoch then starts at that step:
 
 - a list or tuple of batches: iteration starts at batch k;
+- torchdata's `StatefulDataLoader` (and any DataLoader with `state_dict`/`load_state_dict`):
+  its own `state_dict()` is saved and given back to it;
 - a `DataLoader` over a map-style dataset (any sampler, e.g. `RandomSampler` with or
   without a `generator`, `SequentialSampler`, `DistributedSampler`): the epoch's index order
   is drawn again from the saved random state (as the uninterrupted run drew it, so the
@@ -88,7 +90,7 @@ class Position:
             problem = mismatch(pending, data)
             if problem:
                 raise CheckpointError("the checkpoint", problem, "position")
-            self._start = pending["steps"]
+            self._start = 0 if pending["kind"] == "stateful" else pending["steps"]
             self._record["rng"] = pending["rng"]
             self._iterator = _resumed(data, pending)
         else:
@@ -100,7 +102,7 @@ class Position:
         end (a limit of `fit` at the last batch stops before that): its sampler draws the
         rest of its random numbers there, and the next epoch's order depends on them."""
         record = self._record
-        if record is not None and record["kind"] == "dataloader" and (
+        if record is not None and record["kind"] in ("dataloader", "stateful") and (
                 self.steps == record["length"]):
             next(self._iterator, None)
         self.phase, self._data, self._iterator, self._record = None, None, None, None
@@ -116,7 +118,10 @@ class Position:
             raise CheckpointError(
                 "a checkpoint in the middle of a training epoch",
                 f"the training data ({type(self._data).__name__}) {UNRESUMABLE}", "position")
-        return {**self._record, "phase": self.phase, "steps": self.steps}
+        state = {**self._record, "phase": self.phase, "steps": self.steps}
+        if state["kind"] == "stateful":
+            state["loader"] = self._data.state_dict()
+        return state
 
 
 def generator_state_of(data: Any) -> torch.Tensor | None:
@@ -126,9 +131,18 @@ def generator_state_of(data: Any) -> torch.Tensor | None:
     return None if generator is None else generator.get_state()
 
 
+def _is_stateful(data: Any) -> bool:
+    """A torchdata `StatefulDataLoader` (or another DataLoader that saves its own position)."""
+    return isinstance(data, DataLoader) and callable(getattr(data, "state_dict", None)) \
+        and callable(getattr(data, "load_state_dict", None))
+
+
 def _record(data: Any) -> dict:
     """The data's description, and for a DataLoader the random state its order comes from
     (read now, before the epoch's iterator draws from it)."""
+    if _is_stateful(data):  # it saves and restores its own position
+        return {"kind": "stateful", "length": _length(data), "batch_size": data.batch_size or 0,
+                "dataset_length": _length(data.dataset), "rng": None}
     if isinstance(data, (list, tuple)):
         return {"kind": "list", "length": len(data), "batch_size": 0, "dataset_length": 0,
                 "rng": None}
@@ -138,11 +152,14 @@ def _record(data: Any) -> dict:
         rng = torch.get_rng_state() if generator is None else generator.get_state()
         return {"kind": "dataloader", "length": len(data), "batch_size": data.batch_size or 0,
                 "dataset_length": len(data.dataset), "rng": rng}
+    return {"kind": None, "length": _length(data)}
+
+
+def _length(data: Any) -> int:
     try:
-        length = len(data)
+        return len(data)
     except TypeError:
-        length = 0
-    return {"kind": None, "length": length}
+        return 0
 
 
 def mismatch(saved: dict, data: Any) -> str | None:
@@ -162,6 +179,14 @@ def mismatch(saved: dict, data: Any) -> str | None:
 
 def _resumed(data: Any, saved: dict) -> Iterator[Any]:
     start = saved["steps"]
+    if saved["kind"] == "stateful":
+        data.load_state_dict(saved["loader"])
+        generator = data.generator  # at its state of the checkpoint (the saved data_rng):
+        drawn = None if generator is None else generator.get_state()
+        iterator = iter(data)  # the iterator drew its seed before the checkpoint already
+        if drawn is not None:
+            generator.set_state(drawn)
+        return iterator
     if saved["kind"] == "list":
         return iter(data[start:])
     generator = data.generator

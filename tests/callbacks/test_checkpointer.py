@@ -177,6 +177,9 @@ def test_a_second_checkpointer_is_an_error_when_the_learner_is_built(tmp_path):
 
 @pytest.mark.parametrize(("options", "match"), [
     ({"every": 0}, r"every=0\): every must be an int >= 1"),
+    ({"every": True}, r"every=True\): every must be an int >= 1 \(epochs\) or an fp.Every, "
+                      r"e.g. every=fp.Every\(steps=500\)"),
+    ({"every": "3"}, r"every='3'\): every must be an int >= 1"),
     ({"keep_last": 0}, r"keep_last=0\): keep at least the newest"),
     ({"mode": "avg"}, r"mode='avg'\): mode is 'min' or 'max'"),
     ({"keep_best": 2}, r"monitor=None, keep_best=2\): give both or neither"),
@@ -185,6 +188,45 @@ def test_a_second_checkpointer_is_an_error_when_the_learner_is_built(tmp_path):
 def test_bad_options_are_errors_at_construction(tmp_path, options, match):
     with pytest.raises(ValueError, match=match):
         fp.Checkpointer(tmp_path, **options)
+
+
+def test_every_epochs_is_the_int(tmp_path):
+    checkpointer = fp.Checkpointer(tmp_path, every=fp.Every(epochs=2))
+    assert checkpointer.every == 2
+    learner = checkpoint_learner(tmp_path / "b", every=fp.Every(epochs=2), keep_last=None)
+    learner.fit(3)
+    assert names(tmp_path / "b") == ["epoch-0002.pt", "epoch-0003.pt"]
+
+
+def test_every_steps_saves_in_the_middle_of_epochs_and_the_last_epoch_at_fit_end(tmp_path):
+    learner = checkpoint_learner(tmp_path, every=fp.Every(steps=3), keep_last=None)
+    learner.fit(2)  # 4 steps an epoch: steps 3 and 6 (the second's 2nd)
+    assert names(tmp_path) == ["epoch-0000-step-000003.pt", "epoch-0001-step-000002.pt",
+                               "epoch-0002.pt"]
+    state = torch.load(tmp_path / "epoch-0001-step-000002.pt", weights_only=True)
+    assert (state["version"], state["position"]["phase"], state["position"]["steps"]) == (3, 0, 2)
+
+
+def test_every_seconds_saves_at_the_first_step_boundary_after_the_period(tmp_path,
+                                                                          monkeypatch):
+    from fluxpy.callbacks import checkpointer
+
+    ticks = itertools.count()
+    monkeypatch.setattr(checkpointer, "clock", lambda: float(next(ticks)))
+    learner = checkpoint_learner(tmp_path, every=fp.Every(seconds=2.5), keep_last=None)
+    learner.fit(1)  # FitBegin reads 0; the steps read 1, 2, 3 (save, and 4 after it), 5, ...
+    assert names(tmp_path) == ["epoch-0000-step-000003.pt", "epoch-0001.pt"]
+
+
+def test_a_limit_in_the_middle_of_an_epoch_leaves_a_checkpoint_of_that_step(tmp_path):
+    learner = checkpoint_learner(tmp_path, keep_last=None)
+    result = learner.fit(3, max_steps=6)
+    assert result.stop_reason == "max_steps=6 reached"
+    assert names(tmp_path) == ["epoch-0001-step-000002.pt", "epoch-0001.pt"]
+    state = torch.load(tmp_path / "epoch-0001-step-000002.pt", weights_only=True)
+    # taken at the step, before the cut epoch's EpochEnd: the Recorder has not counted it
+    counts = [h["fields"]["epochs"] for _, h in state["cbstate"]["history"]["items"]]
+    assert counts == [1, 1]  # training and validation of the first round only
 
 
 @pytest.mark.parametrize(("rank", "written"), [(0, ["epoch-0001.pt"]), (1, [])])

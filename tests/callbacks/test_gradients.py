@@ -257,3 +257,14 @@ def test_explain_shows_the_run_first_of_the_gradient_norm_as_declared():
     assert ("GradNorm before GradientClipping: RunFirst(GradNorm) declared by "
             "resolveconflict(GradNorm, GradientClipping) for model") in [
         " ".join(line.split()) for line in text.splitlines()]
+
+
+def test_gradient_accumulation_saves_its_count_in_the_group_and_refuses_a_bad_one():
+    accumulation = fp.GradientAccumulation(4)
+    assert accumulation.state_dict() == {"count": 0}
+    accumulation.load_state_dict({"count": 3})
+    assert accumulation.state_dict() == {"count": 3}
+    with pytest.raises(ValueError, match=r"GradientAccumulation\(n=4\) cannot resume a group "
+                       r"at step 4"):
+        accumulation.load_state_dict({"count": 4})
+    assert accumulation.state_dict() == {"count": 3}
