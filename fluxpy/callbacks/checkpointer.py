@@ -37,7 +37,11 @@ epoch's `EpochEnd`) is written at `FitEnd`: a job with a time limit resumes wher
 `load_checkpoint(learner, folder)` loads the newest file, epoch or step, and the next `fit`
 first finishes the interrupted epoch (`fluxpy.engine.position`).
 
-Under `torch.distributed` only rank 0 writes and prunes; the other ranks wait for it.
+Under `torch.distributed` only rank 0 writes and prunes; the other ranks wait for it. Every
+rank resumes a mid-epoch checkpoint at the same step of its own shard (the ranks step
+together); what differs between ranks in the middle of an epoch (each rank's running
+`Metrics` means, `GradientAccumulation`'s unsynchronised gradients) is rank 0's after a
+resume, so checkpoint at step counts that end accumulation groups.
 """
 
 from __future__ import annotations

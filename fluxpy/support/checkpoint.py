@@ -372,7 +372,7 @@ def _check_digest(state: dict[str, Any], file: Path) -> None:
 
 def _checked_position(learner, state: dict[str, Any], file: Path) -> tuple[dict | None, dict]:
     """The saved mid-epoch position (or None) and gradients, checked against the learner's
-    model and, when it has them, its training data."""
+    model and, when it has them (and no DDP shards them later), its training data."""
     position, grads = state.get("position"), state.get("grads", {})
     data_rng = state.get("data_rng")
     if data_rng is not None and (not isinstance(data_rng, torch.Tensor)
@@ -394,7 +394,8 @@ def _checked_position(learner, state: dict[str, Any], file: Path) -> tuple[dict 
                                   "parameters do not match.", "grads")
     data = getattr(learner, "data", None)
     training = getattr(data, "training", None) if data is not None else None
-    if training is not None:
+    # Under DDP the data is sharded when fit begins: fit checks the position against it.
+    if training is not None and getattr(learner, "ddp", None) is None:
         problem = mismatch(position, training)
         if problem:
             raise CheckpointError(file, problem, "position")

@@ -209,6 +209,49 @@ def resume() -> None:
           history=history(second))
 
 
+@attrs.define
+class SeenAll(fp.Callback):
+    """Every training input this rank got, in order (a resumed epoch has no EpochBegin)."""
+
+    seen: list = attrs.Factory(list)
+
+
+@fp.stateaccess.dispatch
+def _seen_all_access(cb: SeenAll):
+    return fp.Access(batch=fp.Access(xs=fp.Read()))
+
+
+@fp.on.dispatch
+def _seen_all_step(event: fp.StepBegin, phase: fp.TrainingPhase, cb: SeenAll, learner):
+    cb.seen.extend(learner.batch.xs.tolist())
+
+
+def midresume() -> None:
+    """Three epochs at once, and a fit stopped by max_steps in the second epoch + a resume
+    from its final (mid-epoch) checkpoint: each rank resumes its own shard at the step."""
+    def make(folder: str) -> fp.Learner:
+        torch.manual_seed(0)
+        xs, ys = regression(24, seed=9)
+        data = (DataLoader(TensorDataset(xs, ys), batch_size=4, shuffle=True),
+                DataLoader(TensorDataset(*regression(9, seed=10)), batch_size=4))
+        return fp.Learner(model(), F.mse_loss, data=data, optimizer=sgd(0.05),
+                          callbacks=[fp.Recorder(), SeenAll(), fp.Checkpointer(OUT / folder)],
+                          use_default_callbacks=False)
+
+    whole = make("midwhole")
+    whole.fit(3)  # 3 steps an epoch on each rank
+    first = make("midparts")
+    result = first.fit(3, max_steps=5)
+    second = make("midparts")
+    loaded = fp.load_checkpoint(second, OUT / "midparts")
+    second.fit(2)
+    seen = whole.get_callback(SeenAll).seen
+    write("midresume", whole=weights(whole), resumed=weights(second), loaded=loaded.name,
+          stop=result.stop_reason, history=history(second),
+          first_seen=first.get_callback(SeenAll).seen,
+          resumed_seen=second.get_callback(SeenAll).seen, whole_seen=seen)
+
+
 def buffers() -> None:
     """A BatchNorm model: its buffers are rank 0's on every rank after validation."""
     torch.manual_seed(RANK)

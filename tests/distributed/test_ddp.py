@@ -22,7 +22,8 @@ import torch.nn.functional as F
 import fluxpy as fp
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
-SCENARIOS = ("train", "stop", "nan", "early", "accumulate", "resume", "buffers", "load_single",
+SCENARIOS = ("train", "stop", "nan", "early", "accumulate", "resume", "midresume", "buffers",
+             "load_single",
              "limits", "timed")
 TIMEOUT = 120
 
@@ -200,6 +201,17 @@ def test_a_resumed_ddp_run_matches_an_uninterrupted_one(out):
     for r in ranks(out, "resume"):
         assert r["resumed"] == r["whole"]
         assert r["history"]["TrainingPhase"] == {"epochs": 3, "steps": 9}
+
+
+def test_a_ddp_run_stopped_mid_epoch_resumes_each_ranks_shard_at_the_step(out):
+    r0, r1 = ranks(out, "midresume")
+    for r in (r0, r1):
+        assert (r["stop"], r["loaded"]) == ("max_steps=5 reached", "epoch-0001-step-000002.pt")
+        assert r["resumed"] == r["whole"]
+        assert r["history"]["TrainingPhase"] == {"epochs": 3, "steps": 9}
+        # 5 steps of 4 inputs, then the rest: this rank's own shard, nothing read twice
+        assert r["first_seen"][:20] + r["resumed_seen"] == r["whole_seen"]
+    assert r0["whole_seen"] != r1["whole_seen"]
 
 
 def test_buffers_are_rank_zeros_on_every_rank_after_validation(out):
