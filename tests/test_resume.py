@@ -244,3 +244,15 @@ def test_a_torchdata_stateful_dataloader_resumes_from_its_own_state(tmp_path):
     resumed, _ = finish(tmp_path, 2, training=loader(resumed_train))
     assert_same(ref, resumed)
     assert first_train.reads[:13 * BATCH] + resumed_train.reads == reference_train.reads
+
+
+def test_a_checkpoint_at_an_epochs_last_step_resumes_with_only_its_end(tmp_path):
+    run, reads = make(tmp_path, every=fp.Every(steps=10))
+    run.fit(2)
+    run.__dict__["_rng_after"] = torch.get_rng_state()
+    chosen = tmp_path / "resume"
+    chosen.mkdir()
+    shutil.copy(tmp_path / "epoch-0000-step-000010.pt", chosen)
+    resumed, resumed_reads = finish(chosen, 2)  # the end of the first epoch, then the second
+    assert_same(run, resumed)
+    assert resumed_reads.reads == reads.reads[10 * BATCH:]

@@ -13,6 +13,9 @@ shuffling and dropout draw from. Files are named `epoch-NNNN.pt` after the numbe
 completed over all `fit` calls (resumed runs continue the count). What a file holds, and how
 it is written atomically, is described in `fluxpy.support.checkpoint`.
 
+With `fit(validate_every=...)` a round is its training epochs: the checkpoint is taken at the
+end of the last one, before the validation that `fp.Every(epochs=k)` runs after it.
+
 When `fit` stops. Whatever ends `fit` (its last epoch, `CancelFitException`, an error, Ctrl-C),
 if the last completed epoch was not saved (with `every` > 1) it is written at `FitEnd`, from a
 copy of the state taken when that epoch ended (so with `every` > 1 a copy of the model and
@@ -233,8 +236,16 @@ def _checkpointer_fit_begin(event: FitBegin, phase: Phase, cb: Checkpointer, lea
 def _checkpointer_epoch_end(event: EpochEnd, phase: Phase, cb: Checkpointer, learner):
     if cb._phases_ended is None:  # an epoch run outside fit
         return
+    phases = learner.epoch_phases
+    budget = learner.budget
+    if budget is not None and budget.validate_every is not None:
+        # fit(validate_every=...) runs validation on its own schedule, inside training epochs
+        # or after rounds: a round is its training epochs
+        if not isinstance(phase, AbstractTrainingPhase):
+            return
+        phases = [p for p in phases if isinstance(p, AbstractTrainingPhase)]
     cb._phases_ended += 1
-    if cb._phases_ended < len(learner.epoch_phases):
+    if cb._phases_ended < len(phases):
         return
     cb._phases_ended = 0
     cb.epoch += 1

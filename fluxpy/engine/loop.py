@@ -81,7 +81,13 @@ def _epoch(learner, phase: Phase, data, budget: Budget | None = None, resumed: b
     budget of each step, and ends early when a limit is reached (`fluxpy.engine.budget`).
     """
     with run_epoch(learner, phase, begin=not resumed):
-        _run_steps(learner, phase, data, budget)
+        if type(data) is not _Steps:
+            _run_steps(learner, phase, data, budget)
+            return
+        try:
+            _run_steps(learner, phase, data, budget)
+        finally:  # before EpochEnd: a checkpoint there is an epoch-end one
+            data.position.end_steps()
 
 
 step = GenericFunction(_step, arity=3, params="learner, phase, batch")
@@ -104,10 +110,7 @@ def _training_epoch(learner, phase: AbstractTrainingPhase, data):
     if budget is not None:  # the steps this epoch runs, to tell a cut epoch from a whole one
         budget.begin_epoch(data if pending is None or not hasattr(data, "__len__")
                            else range(len(data) - pending["steps"]))
-    try:
-        _epoch(learner, phase, _Steps(position, data), budget, pending is not None)
-    finally:
-        position.end_epoch()
+    _epoch(learner, phase, _Steps(position, data), budget, pending is not None)
 
 
 @epoch.dispatch
@@ -146,7 +149,7 @@ def _run_steps(learner, phase: Phase, data, budget: Budget | None) -> None:
             name = type(data.data if isinstance(data, _Steps) else data).__name__
             exc.add_note(f"raised by the data iterator of {phase} ({name})")
         raise
-    if impl_type is None:
+    if impl_type is None and not (type(data) is _Steps and data.position.resumed_at_end):
         raise ValueError(_no_batches(phase, data))
 
 

@@ -97,15 +97,22 @@ class Position:
             self._iterator = iter(data)
         return self._iterator
 
-    def end_epoch(self) -> None:
-        """The training epoch ended. A DataLoader whose batches all ran is iterated to its
-        end (a limit of `fit` at the last batch stops before that): its sampler draws the
-        rest of its random numbers there, and the next epoch's order depends on them."""
+    def end_steps(self) -> None:
+        """The training epoch's steps are over (before its `EpochEnd`, so a checkpoint there
+        is an epoch-end one). A DataLoader whose batches all ran is iterated to its end (a
+        limit of `fit` at the last batch stops before that): its sampler draws the rest of
+        its random numbers there, and the next epoch's order depends on them."""
         record = self._record
         if record is not None and record["kind"] in ("dataloader", "stateful") and (
                 self.steps == record["length"]):
             next(self._iterator, None)
         self.phase, self._data, self._iterator, self._record = None, None, None, None
+
+    @property
+    def resumed_at_end(self) -> bool:
+        """Whether the running epoch was resumed after its last step (a checkpoint at the
+        last step's `StepEnd`): it has no batch left, only its `EpochEnd`."""
+        return self._record is not None and 0 < self._record["length"] == self._start
 
     @property
     def mid_epoch(self) -> bool:

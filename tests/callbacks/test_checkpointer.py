@@ -190,6 +190,21 @@ def test_bad_options_are_errors_at_construction(tmp_path, options, match):
         fp.Checkpointer(tmp_path, **options)
 
 
+def test_with_validate_every_a_round_is_its_training_epoch(tmp_path):
+    learner = checkpoint_learner(tmp_path, keep_last=None)
+    learner.fit(2, validate_every=fp.Every(steps=3))  # 4 steps an epoch: validation at 3, 6
+    assert names(tmp_path) == ["epoch-0001.pt", "epoch-0002.pt"]
+    assert learner.get_callback(fp.Checkpointer).epoch == 2
+
+
+def test_an_epoch_checkpoint_taken_at_a_training_epochs_end_is_not_a_mid_epoch_one(tmp_path):
+    learner = checkpoint_learner(tmp_path)
+    learner.fit(1, data=(learner.data.training, None))  # the round is the training epoch
+    state = torch.load(tmp_path / "epoch-0001.pt", weights_only=True)
+    assert state["version"] == 2
+    assert "position" not in state
+
+
 def test_every_epochs_is_the_int(tmp_path):
     checkpointer = fp.Checkpointer(tmp_path, every=fp.Every(epochs=2))
     assert checkpointer.every == 2

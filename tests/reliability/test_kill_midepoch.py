@@ -1,7 +1,8 @@
 """`kill -9` in the middle of epochs, then an exact resume from the newest checkpoint.
 
 A child process trains (a shuffled DataLoader with a seeded generator, dropout, a schedule,
-a checkpoint every 7 steps) and is killed with SIGKILL at a random moment of its training.
+a checkpoint every 7 steps) and is killed with SIGKILL once it reports a random step (the
+kill lands wherever the child is by then: in a step, in a save).
 A fresh learner in this process loads the folder's newest checkpoint (mid-epoch, or an epoch
 end), finishes the run, and must equal an uninterrupted run bit for bit, having read only the
 dataset items the killed run had not trained on since that checkpoint.
@@ -13,7 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import torch
@@ -63,9 +63,21 @@ SETUP = textwrap.dedent('''
         return learner, train
 
 
+    class Steps(fp.Callback):
+        """Prints the number of each training step as it ends (the parent kills on one)."""
+
+        count = 0
+
+
+    @fp.on.dispatch
+    def _print_step(event: fp.StepEnd, phase: fp.TrainingPhase, cb: Steps, learner):
+        cb.count += 1
+        print(cb.count, flush=True)
+
+
     if __name__ == "__main__":
         learner, _ = make_learner(sys.argv[1])
-        print("started", flush=True)
+        learner.add_callback(Steps())
         learner.fit(int(sys.argv[2]))
 ''')
 
@@ -78,9 +90,7 @@ def setup(tmp_path_factory):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     reference, train = module.make_learner(None)
-    started = time.perf_counter()
     reference.fit(ROUNDS)
-    module.seconds = time.perf_counter() - started
     module.reference, module.reference_reads = reference, train.reads
     return path, module
 
@@ -91,11 +101,12 @@ def test_a_run_killed_mid_epoch_resumes_exactly(tmp_path, setup, moment):
     folder = tmp_path / "run"
     child = subprocess.Popen([sys.executable, str(path), str(folder), str(ROUNDS)],
                              stdout=subprocess.PIPE, text=True)
+    target = random.Random(moment).randrange(10, 600)  # of 800 steps
     try:
-        assert child.stdout.readline().strip() == "started"
-        # within the first 3/4 of the training (at least 3x slower with the saves)
-        time.sleep(random.Random(moment).uniform(0.1, 0.75) * module.seconds * 3)
-        child.send_signal(signal.SIGKILL)
+        for line in child.stdout:  # the kill lands a few steps later, wherever the child is
+            if int(line) == target:
+                child.send_signal(signal.SIGKILL)
+                break
     finally:
         child.wait()
         child.stdout.close()
