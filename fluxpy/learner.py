@@ -197,6 +197,9 @@ class Learner:
                 epochs and not at their end (unless a multiple of n falls there),
                 `fp.Every(seconds=s)` at the first training step that ends s seconds after
                 the fit began or the previous validation ended. `None`: after every epoch.
+                After `load_checkpoint` the schedule goes on where the checkpoint was taken
+                (steps, epochs and seconds are counted since the last validation, not from
+                this call), when this fit has the same `validate_every`.
 
         Reaching `max_steps` or `max_time` ends the fit normally after the current training
         step: the training epoch ends as a cancelled one does (`EpochEnd` fires, so the
@@ -236,13 +239,16 @@ class Learner:
             if budget.validate_every is not None:
                 schedule = [(p, d) for p, d in schedule if isinstance(p, AbstractTrainingPhase)]
         first = _resumed_phase(self.position, schedule)
+        # the validate_every schedule a loaded checkpoint saved (used by this fit only)
+        schedule_state, self.position.schedule = self.position.schedule, None
         epochs, reason = 0, None
         self._fitting = True
         self.budget = budget
         try:
             self.handle(_FIT_BEGIN, _FIT_PHASE)
-            if budget is not None:
-                budget.start()
+            if budget is not None and budget.start(schedule_state):
+                self._apply_queued(boundary=True)  # due when the checkpoint was taken
+                budget.validate_due()
             for _ in rounds:
                 for k, (phase, phase_data) in enumerate(schedule):
                     if k < first:  # ran before the mid-epoch checkpoint this fit resumes
@@ -262,7 +268,7 @@ class Learner:
                 epochs += 1
                 first = 0
                 if budget is not None:
-                    if budget.validates_after_epoch(epochs) and budget.validate_every:
+                    if budget.round_ended():
                         self._apply_queued(boundary=True)
                         budget.validate()
                     if budget.stop_reason is not None:

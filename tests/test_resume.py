@@ -256,3 +256,58 @@ def test_a_checkpoint_at_an_epochs_last_step_resumes_with_only_its_end(tmp_path)
     resumed, resumed_reads = finish(chosen, 2)  # the end of the first epoch, then the second
     assert_same(run, resumed)
     assert resumed_reads.reads == reads.reads[10 * BATCH:]
+
+
+# With fit(validate_every=...): the validation schedule goes on across a resume. 64 items of
+# 4 are 16 training steps an epoch.
+@pytest.mark.parametrize("k", [2, 6, 16, 18, 20])
+def test_validate_every_steps_goes_on_after_a_max_steps_resume(tmp_path, k):
+    every = fp.Every(steps=3)
+    ref, _ = make(None, n=64)
+    ref.fit(2, validate_every=every)
+    ref.__dict__["_rng_after"] = torch.get_rng_state()
+    first, _ = make(tmp_path, n=64)
+    assert first.fit(2, max_steps=k, validate_every=every).stop_reason == \
+        f"max_steps={k} reached"
+    resumed, _ = make(tmp_path.parent / f"{tmp_path.name}-resumed", n=64)
+    fp.load_checkpoint(resumed, tmp_path)
+    resumed.fit(2 - k // 16, validate_every=every)
+    resumed.__dict__["_rng_after"] = torch.get_rng_state()
+    assert_same(ref, resumed)
+    valid = resumed.cbstate.history[fp.ValidationPhase()]
+    assert valid.epochs == 32 // 3
+
+
+@pytest.mark.parametrize(("n", "saves", "name"), [
+    (3, 6, "epoch-0000-step-000006.pt"), (3, 6, "epoch-0001-step-000002.pt"),  # steps 6, 18
+    (4, 16, "epoch-0000-step-000016.pt")])  # an epoch's last step: only its EpochEnd is left
+def test_validate_every_steps_goes_on_from_a_step_checkpoint_at_a_validation(tmp_path, n, saves,
+                                                                              name):
+    every = fp.Every(steps=n)  # the Checkpointer saves at steps where validation is due
+    run, _ = make(tmp_path, n=64, every=fp.Every(steps=saves))
+    run.fit(2, validate_every=every)
+    run.__dict__["_rng_after"] = torch.get_rng_state()
+    chosen = tmp_path / "resume"
+    chosen.mkdir()
+    shutil.copy(tmp_path / name, chosen)
+    resumed, _ = make(tmp_path / "resumed", n=64)
+    fp.load_checkpoint(resumed, chosen)
+    resumed.fit(2 - int(name[9]), validate_every=every)
+    resumed.__dict__["_rng_after"] = torch.get_rng_state()
+    assert_same(run, resumed)
+
+
+@pytest.mark.parametrize("k", [16, 24, 32])
+def test_validate_every_epochs_goes_on_after_a_resume(tmp_path, k):
+    every = fp.Every(epochs=2)  # validation after rounds 2 and 4
+    ref, _ = make(None, n=64)
+    ref.fit(4, validate_every=every)
+    ref.__dict__["_rng_after"] = torch.get_rng_state()
+    first, _ = make(tmp_path, n=64)
+    first.fit(4, max_steps=k, validate_every=every)
+    resumed, _ = make(tmp_path.parent / f"{tmp_path.name}-resumed", n=64)
+    fp.load_checkpoint(resumed, tmp_path)
+    resumed.fit(4 - k // 16, validate_every=every)
+    resumed.__dict__["_rng_after"] = torch.get_rng_state()
+    assert_same(ref, resumed)
+    assert resumed.cbstate.history[fp.ValidationPhase()].epochs == 2

@@ -142,3 +142,31 @@ def test_a_stop_in_a_mid_epoch_validation_ends_fit_without_counting_the_cut_epoc
     assert _counts(learner) == {"TrainingPhase": 0, "ValidationPhase": 2}
     assert ("EpochEnd", "TrainingPhase", True) not in log.log  # as after any CancelFitException
     assert learner.model.training
+
+
+def test_every_seconds_goes_on_from_a_saved_schedule(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(budget, "clock", lambda: now[0])
+    runs = []
+    first = budget.Budget(validate_every=fp.Every(seconds=10), validate=lambda: runs.append(now[0]))
+    first.start()
+    now[0] = 4.0
+    first.after_step()
+    now[0] = 7.0  # a step checkpoint at this step's StepEnd, before the budget counts it
+    saved = first.schedule(mid_epoch=True)
+    assert saved == {"every": "every 10 seconds", "steps": 1, "rounds": 0, "seconds": 7.0,
+                     "due": False}
+    resumed = budget.Budget(validate_every=fp.Every(seconds=10),
+                            validate=lambda: runs.append(now[0]))
+    now[0] = 100.0
+    assert resumed.start(saved) is False
+    for now[0] in (101.0, 102.5, 103.0, 110.0, 113.0):
+        resumed.after_step()
+    assert runs == [103.0, 113.0]  # 3 s left of the period, then every 10 s
+
+
+def test_a_saved_schedule_of_another_every_is_not_used():
+    saved = {"every": "every 5 steps", "steps": 4, "rounds": 0, "seconds": 0.0, "due": True}
+    resumed = budget.Budget(validate_every=fp.Every(steps=3))
+    assert resumed.start(saved) is False
+    assert [resumed.after_step() or resumed._since_steps for _ in range(4)] == [1, 2, 0, 1]

@@ -14,7 +14,9 @@ completed over all `fit` calls (resumed runs continue the count). What a file ho
 it is written atomically, is described in `fluxpy.support.checkpoint`.
 
 With `fit(validate_every=...)` a round is its training epochs: the checkpoint is taken at the
-end of the last one, before the validation that `fp.Every(epochs=k)` runs after it.
+end of the last one, before the validation that `fp.Every(epochs=k)` runs after it, and a
+step checkpoint at a training step's `StepEnd`, before a validation due at that step: the
+checkpoint records that it is due, and the resumed `fit` runs it first.
 
 When `fit` stops. Whatever ends `fit` (its last epoch, `CancelFitException`, an error, Ctrl-C),
 if the last completed epoch was not saved (with `every` > 1) it is written at `FitEnd`, from a
@@ -238,6 +240,8 @@ def _checkpointer_epoch_end(event: EpochEnd, phase: Phase, cb: Checkpointer, lea
         return
     phases = learner.epoch_phases
     budget = learner.budget
+    if budget is not None and budget.cut_short:  # a limit cut it: saved at the step (_take_cut)
+        return
     if budget is not None and budget.validate_every is not None:
         # fit(validate_every=...) runs validation on its own schedule, inside training epochs
         # or after rounds: a round is its training epochs

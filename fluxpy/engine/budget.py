@@ -14,6 +14,11 @@ test replaces it with a fake one (`monkeypatch.setattr(budget, "clock", fake)`).
 measured from `start` (seconds since this fit began), read once per step and once more after
 a validation the clock started.
 
+A checkpoint saves where the validation schedule is (`Budget.schedule`: training steps or
+rounds since the last validation, seconds since it ended, and whether one was due at the
+checkpoint and has not run yet), and the next `fit` with the same `validate_every` goes on
+with it (`start`), so a resumed run validates at the steps the uninterrupted run does.
+
 Under DDP every rank must stop, and validate, at the same step, yet the ranks' clocks differ.
 So a budget made for a distributed fit decides on an agreed reading: `agree` (set by
 `fluxpy.ddp` before the first training epoch) takes this rank's seconds since the start and
@@ -69,6 +74,8 @@ class Budget:
     _timed: bool = False
     _origin: float = 0.0
     _next_validation: float = float("inf")
+    _since_steps: int = 0  # training steps since the last validation (Every(steps=))
+    _since_rounds: int = 0  # rounds since the last validation (Every(epochs=))
     _epoch_steps: int = 0
     _epoch_length: int | None = None
 
@@ -79,18 +86,70 @@ class Budget:
         every = self.validate_every
         return every is not None and every.epochs is None
 
-    def validates_after_epoch(self, epochs: int) -> bool:
-        """Whether the validation phases run after the `epochs`-th training round."""
+    def round_ended(self) -> bool:
+        """A training round ended: whether `Every(epochs=k)` runs the validation phases now
+        (rounds are counted since the last validation, across resumed fits)."""
         every = self.validate_every
-        return every is None or (every.epochs is not None and every.due(epochs))
+        if every is None or every.epochs is None:
+            return False
+        self._since_rounds += 1
+        if self._since_rounds < every.epochs:
+            return False
+        self._since_rounds = 0
+        return True
 
-    def start(self) -> None:
-        """Start the clock of `max_time` and `Every(seconds=...)` (read only when one is set)."""
-        period = _seconds(self.validate_every)
+    def start(self, schedule: dict | None = None) -> bool:
+        """Start the clock of `max_time` and `Every(seconds=...)` (read only when one is set),
+        and go on with the validation schedule a checkpoint saved (`schedule`, see
+        `schedule`). Returns whether a validation that was due when the checkpoint was
+        taken must run now, before the first training step."""
+        every = self.validate_every
+        period = _seconds(every)
+        since_seconds, due = 0.0, False
+        if schedule is not None and every is not None and schedule["every"] == str(every):
+            self._since_steps, self._since_rounds = schedule["steps"], schedule["rounds"]
+            since_seconds, due = schedule["seconds"], schedule["due"]
         self._timed = self.max_time is not None or period is not None
         if self._timed:
             self._origin = clock()
-            self._next_validation = float("inf") if period is None else period
+            self._next_validation = float("inf") if period is None else period - since_seconds
+        if due:
+            self._since_steps = self._since_rounds = 0
+        return due
+
+    def validate_due(self) -> None:
+        """Run the validation that `start` found due (it was due at the checkpoint)."""
+        self.validate()
+        every = self.validate_every
+        if every is not None and every.seconds is not None:
+            self._next_validation = self._elapsed() + every.seconds
+
+    def schedule(self, mid_epoch: bool) -> dict | None:
+        """What a checkpoint taken now saves so that a resumed fit with the same
+        `validate_every` validates where this one would (`None` without `validate_every`).
+
+        A mid-epoch checkpoint is taken at a training step's `StepEnd`, before the step is
+        counted here (a step checkpoint; a validation due at that step is then recorded as
+        `due`), or after it is counted, once a limit of `fit` stopped it (the validation due
+        there ran). An epoch-end checkpoint is taken at the round's last training `EpochEnd`,
+        before the round is counted and `Every(epochs=k)` validates after it."""
+        every = self.validate_every
+        if every is None:
+            return None
+        uncounted = mid_epoch and self.stop_reason is None
+        steps, rounds = self._since_steps + uncounted, self._since_rounds + (not mid_epoch)
+        seconds = 0.0
+        if every.seconds is not None and self._timed:
+            elapsed = clock() - self._origin
+            seconds = float(max(0.0, elapsed - (self._next_validation - every.seconds)))
+        if every.steps is not None:
+            due = uncounted and steps >= every.steps
+        elif every.epochs is not None:
+            due = not mid_epoch and rounds >= every.epochs
+        else:
+            due = uncounted and seconds >= every.seconds
+        return {"every": str(every), "steps": steps, "rounds": rounds, "seconds": seconds,
+                "due": due}
 
     def begin_epoch(self, data: Any) -> None:
         """A training epoch over `data` begins: its length tells a cut epoch from a full one."""
@@ -105,7 +164,9 @@ class Budget:
         now = self._elapsed() if self._timed else 0.0
         if every is not None:
             if every.steps is not None:
-                if self.steps % every.steps == 0:
+                self._since_steps += 1
+                if self._since_steps >= every.steps:
+                    self._since_steps = 0
                     self.validate()
             elif every.seconds is not None and now >= self._next_validation:
                 self.validate()

@@ -52,6 +52,8 @@ class Position:
         pending: a saved position (`state()`) the next training epoch resumes from.
         generator_state: a saved state of the training DataLoader's `generator`
             (`generator_state_of`), set on it when the next training epoch begins.
+        schedule: the `validate_every` schedule a loaded checkpoint saved
+            (`Budget.schedule`), which the next `fit` goes on with.
         on_cut: called (no arguments) when a limit of `fit` ends a training epoch before its
             last batch, before `EpochEnd`: the `Checkpointer` takes its final checkpoint there.
     """
@@ -59,6 +61,7 @@ class Position:
     phase: int | None = None
     pending: dict | None = None
     generator_state: torch.Tensor | None = None
+    schedule: dict | None = None
     on_cut: list[Callable[[], None]] = attrs.field(factory=list)
     _data: Any = None
     _iterator: Any = None

@@ -151,6 +151,7 @@ def load_checkpoint(learner, path: str | os.PathLike) -> Path:
     if hasattr(learner, "position"):
         learner.position.pending = position[0]
         learner.position.generator_state = state.get("data_rng")
+        learner.position.schedule = _checked_schedule(state, file)
     return file
 
 
@@ -163,6 +164,10 @@ def checkpoint_state(learner) -> dict[str, Any]:
         "position": position.state(),
         "grads": {name: p.grad for name, p in model.named_parameters() if p.grad is not None},
     }
+    budget = getattr(learner, "budget", None)
+    schedule = None if budget is None else budget.schedule(mid_epoch)
+    if schedule is not None:  # where fit(validate_every=...) is in its schedule
+        extra["schedule"] = schedule
     data = getattr(learner, "data", None)
     generator = generator_state_of(getattr(data, "training", None))
     if generator is not None:
@@ -368,6 +373,19 @@ def _check_digest(state: dict[str, Any], file: Path) -> None:
         raise CheckpointError(file, "the file's contents changed since it was written (its "
                               "digest does not match): it is damaged or was edited. Load an "
                               "earlier checkpoint.", "digest")
+
+
+def _checked_schedule(state: dict[str, Any], file: Path) -> dict | None:
+    """The saved `validate_every` schedule (`Budget.schedule`), or `None`."""
+    schedule = state.get("schedule")
+    if schedule is None:
+        return None
+    types = {"every": str, "steps": int, "rounds": int, "seconds": float, "due": bool}
+    if not isinstance(schedule, dict) or any(
+            not isinstance(schedule.get(key), kind) for key, kind in types.items()):
+        raise CheckpointError(file, "is damaged: its 'schedule' entry is not a validation "
+                              "schedule.", "schedule")
+    return dict(schedule)
 
 
 def _checked_position(learner, state: dict[str, Any], file: Path) -> tuple[dict | None, dict]:
