@@ -24,6 +24,10 @@ user. Then:
   torchmetrics' synchronise themselves in `compute()`.
 - `fp.RankZeroOnly` callbacks (`ProgressPrinter`, `MetricsPrinter`, the logging backends) run
   on rank 0 only; checkpoints are written by rank 0 while the other ranks wait in a barrier.
+  A checkpoint taken in the middle of an epoch also holds what each rank has of its own there
+  (its callbacks' state, such as the running `Metrics` means, its random states, and its
+  gradients inside a `GradientAccumulation` group), gathered to rank 0; each rank resumes its
+  own, so the run resumes with as many ranks (`fluxpy.support.checkpoint_ranks`).
 - DDP all-reduces the gradients inside `backward()`, so `BackwardEnd` handlers (gradient
   clipping) see the synchronised, averaged gradients. `GradientAccumulation` turns the
   all-reduce off for the forward and backward of its intermediate steps (what

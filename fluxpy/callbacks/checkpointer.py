@@ -45,8 +45,9 @@ first finishes the interrupted epoch (`fluxpy.engine.position`).
 Under `torch.distributed` only rank 0 writes and prunes; the other ranks wait for it. Every
 rank resumes a mid-epoch checkpoint at the same step of its own shard (the ranks step
 together); what differs between ranks in the middle of an epoch (each rank's running
-`Metrics` means, `GradientAccumulation`'s unsynchronised gradients) is rank 0's after a
-resume, so checkpoint at step counts that end accumulation groups.
+`Metrics` means and other callback state, random states, `GradientAccumulation`'s
+unsynchronised gradients) is gathered to rank 0 and saved per rank, and each rank resumes
+its own (`fluxpy.support.checkpoint_ranks`): such a checkpoint resumes with as many ranks.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ from ..core.events import EpochEnd, FitBegin, FitEnd, StepEnd
 from ..core.every import Every
 from ..core.phases import AbstractTrainingPhase, Phase, ValidationPhase
 from ..support.checkpoint import checkpoint_files, checkpoint_state, write_checkpoint
+from ..support.checkpoint_ranks import gather_rank_states
 from ..support.distributed import on_rank_zero
 
 __all__ = ["Checkpointer"]
@@ -276,14 +278,14 @@ def _checkpointer_step_end(event: StepEnd, phase: AbstractTrainingPhase, cb: Che
     elif clock() - cb._last_save < every.seconds:
         return
     cb._steps = 0
-    state = checkpoint_state(learner)  # first: data that cannot resume is refused here
+    state = _mid_epoch_state(learner)  # first: data that cannot resume is refused here
     on_rank_zero(lambda: cb._save(cb._step_name(learner), state))
     cb._last_save = clock()
 
 
 def _take_cut(cb: Checkpointer, learner) -> None:
     """At a step where a limit of `fit` ends a training epoch early, before its `EpochEnd`."""
-    state = checkpoint_state(learner)  # first: data that cannot resume is refused here
+    state = _mid_epoch_state(learner)  # first: data that cannot resume is refused here
     cb._cut = (cb._step_name(learner), on_rank_zero(lambda: _copied(state)))
 
 
@@ -297,6 +299,12 @@ def _checkpointer_fit_end(event: FitEnd, phase: Phase, cb: Checkpointer, learner
         on_rank_zero(lambda: cb._save(*pending))
     if cut is not None:
         on_rank_zero(lambda: cb._save(*cut))
+
+
+def _mid_epoch_state(learner) -> dict:
+    """`checkpoint_state`, with every rank's own part under DDP (a collective: every rank
+    saves at the same step)."""
+    return gather_rank_states(learner, checkpoint_state(learner))
 
 
 def _copied(value: Any) -> Any:

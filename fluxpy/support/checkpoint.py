@@ -30,6 +30,8 @@ A checkpoint taken in the middle of a training epoch (version 3) also holds:
                 (`fluxpy.engine.position`)
     grads       {parameter name: gradient} of the parameters that have one (the gradients
                 `GradientAccumulation` has summed so far)
+    ranks       under DDP, each rank's callbacks, rng and unsynchronised grads
+                (`fluxpy.support.checkpoint_ranks`); each rank loads its own
 
 Any checkpoint of a learner whose training data is a `DataLoader` with its own `generator`
 holds `data_rng`, that generator's state, set on it when the next training epoch begins (so
@@ -88,6 +90,7 @@ import torch
 from ..core.errors import CheckpointError
 from ..engine.position import generator_state_of, mismatch
 from .checkpoint_encoding import DecodeError, decode, encode, qualified_name
+from .checkpoint_ranks import own_rank_state
 
 __all__ = [
     "FORMAT",
@@ -132,7 +135,7 @@ def load_checkpoint(learner, path: str | os.PathLike) -> Path:
     Returns the file that was loaded.
     """
     file = _resolve(Path(path))
-    state = _read(file)
+    state = own_rank_state(_read(file), file)  # under DDP, this rank's part of a mid-epoch one
     parts = _checked_parts(learner, state, file)
     position = _checked_position(learner, state, file)
     # Callbacks first: their own load_state_dict is their check, undone if it fails; every

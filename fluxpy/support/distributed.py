@@ -43,6 +43,7 @@ __all__ = [
     "barrier",
     "broadcast_float",
     "broadcast_int",
+    "gradients_unsynchronised",
     "init_distributed",
     "is_distributed",
     "is_rank_zero",
@@ -260,6 +261,12 @@ def set_gradient_sync(model: torch.nn.Module, enabled: bool) -> None:
     """
     if isinstance(model, DistributedDataParallel):
         model.require_backward_grad_sync = enabled
+
+
+def gradients_unsynchronised(model: torch.nn.Module) -> bool:
+    """Whether DDP's all-reduce is off for `model` (`set_gradient_sync(model, False)`): its
+    gradients, if any, are this rank's own, accumulated without the other ranks'."""
+    return isinstance(model, DistributedDataParallel) and not model.require_backward_grad_sync
 
 
 def sync_pending_gradients(model: torch.nn.Module) -> None:

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 import fluxpy as fp
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
-SCENARIOS = ("train", "stop", "nan", "early", "accumulate", "resume", "midresume", "buffers",
+SCENARIOS = ("train", "stop", "nan", "early", "accumulate", "resume", "midresume", "midaccum",
+             "buffers",
              "load_single",
              "limits", "timed")
 TIMEOUT = 120
@@ -212,6 +213,27 @@ def test_a_ddp_run_stopped_mid_epoch_resumes_each_ranks_shard_at_the_step(out):
         # 5 steps of 4 inputs, then the rest: this rank's own shard, nothing read twice
         assert r["first_seen"][:20] + r["resumed_seen"] == r["whole_seen"]
     assert r0["whole_seen"] != r1["whole_seen"]
+
+
+def test_a_mid_epoch_resume_restores_each_ranks_running_metrics_and_pending_gradients(out):
+    # Stopped at the first step of the second epoch, inside a GradientAccumulation(2) group:
+    # each rank resumes its own running Metrics means and its own unsynchronised gradients,
+    # so the reduced epoch losses and the weights are the uninterrupted run's, exactly.
+    r0, r1 = ranks(out, "midaccum")
+    for r in (r0, r1):
+        assert (r["stop"], r["loaded"]) == ("max_steps=4 reached", "epoch-0001-step-000001.pt")
+        assert r["resumed_losses"] == r["whole_losses"]
+        assert len(r["whole_losses"]["TrainingPhase"]) == 3
+        assert r["resumed"] == r["whole"]
+    assert r0["resumed"] == r1["resumed"]
+
+
+def test_a_mid_epoch_ddp_checkpoint_refuses_another_world_size(out):
+    learner = fp.Learner(torch.nn.Linear(3, 1), F.mse_loss, use_default_callbacks=False)
+    file = out / "accparts" / "epoch-0001-step-000001.pt"
+    with pytest.raises(fp.CheckpointError, match=r"by 2 ranks, and this run has 1 rank: ") as info:
+        fp.load_checkpoint(learner, file)
+    assert info.value.part == "ranks"
 
 
 def test_buffers_are_rank_zeros_on_every_rank_after_validation(out):
