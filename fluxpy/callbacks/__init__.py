@@ -25,6 +25,7 @@ from .scheduler import (
     fit_one_cycle,
 )
 from .todevice import ToDevice
+from .torchschedulers import TorchScheduler
 
 __all__ = [
     "ActivationStats",
@@ -56,6 +57,7 @@ __all__ = [
     "TensorBoardBackend",
     "Throttle",
     "ToDevice",
+    "TorchScheduler",
     "WeightDecay",
     "fit_one_cycle",
     "throttle",
