@@ -1,6 +1,7 @@
 """Built-in callbacks, one family per module."""
 
 from .activations import ActivationStats
+from .averaging import WeightAveraging
 from .backends import CSVBackend, LogBackend, TensorBoardBackend
 from .checkpointer import Checkpointer
 from .conditional import ConditionalCallback, Throttle, throttle
@@ -58,6 +59,7 @@ __all__ = [
     "Throttle",
     "ToDevice",
     "TorchScheduler",
+    "WeightAveraging",
     "WeightDecay",
     "fit_one_cycle",
     "throttle",

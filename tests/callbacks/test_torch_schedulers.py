@@ -260,3 +260,11 @@ def test_scheduler_given_a_pytorch_scheduler_makes_a_torch_scheduler():
     learner.fit(2)
     assert scheduler.step == 2 * N_BATCHES
     assert scheduler.torch_scheduler.last_epoch == 2
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_it_keeps_to_its_declared_access_in_strict_mode(case):
+    make, options, _ = CASES[case]
+    lrs: list = []
+    learner_with(fp.Scheduler(make, **options), lrs, strict=True).fit(4)
+    assert lrs == pytest.approx(torch_loop(make, 4, CASES[case][2])[0], rel=1e-12)
