@@ -1,6 +1,7 @@
 """Built-in callbacks, one family per module."""
 
 from .activations import ActivationStats
+from .averaging import WeightAveraging
 from .backends import CSVBackend, LogBackend, TensorBoardBackend
 from .checkpointer import Checkpointer
 from .conditional import ConditionalCallback, Throttle, throttle
@@ -26,6 +27,7 @@ from .scheduler import (
     fit_one_cycle,
 )
 from .todevice import ToDevice
+from .torchschedulers import TorchScheduler
 
 __all__ = [
     "ActivationStats",
@@ -58,6 +60,8 @@ __all__ = [
     "TensorBoardBackend",
     "Throttle",
     "ToDevice",
+    "TorchScheduler",
+    "WeightAveraging",
     "WeightDecay",
     "fit_one_cycle",
     "throttle",

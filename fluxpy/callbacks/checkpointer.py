@@ -29,9 +29,10 @@ cut short by `CancelFitException` (an `EarlyStopping` that fired).
 Which files stay. The `keep_last` newest, and with `keep_best` the `keep_best` with the best
 `monitor` value (`cbstate.metricsepoch[ValidationPhase()][monitor]` of their epoch, lower is
 better for `mode="min"`); the other `epoch-NNNN.pt` files in the folder are removed after each
-save, and so are temporary files left by writes that were killed. A folder that holds
-checkpoints beyond the learner's epoch (another run's) is an error at `FitBegin`, not something
-to overwrite: load them, or use another folder.
+save, and so are temporary files left by writes that were killed. `best_path` is the best kept
+file, and `fp.load_checkpoint(learner, folder, which="best")` loads it. A folder that holds
+checkpoints beyond the learner's epoch (another run's) is an error at `FitBegin`, unless
+`overwrite=True` says to delete them: load them, use another folder, or overwrite.
 
 In the middle of epochs. With `every=fp.Every(steps=n)` (or `fp.Every(seconds=s)`) it saves
 after every n-th training step (at the first step boundary s seconds after the previous save)
@@ -71,7 +72,7 @@ from ..core.errors import CheckpointError
 from ..core.events import EpochEnd, FitBegin, FitEnd, StepEnd
 from ..core.every import Every
 from ..core.phases import AbstractTrainingPhase, Phase, ValidationPhase
-from ..support.checkpoint import checkpoint_files, checkpoint_state, write_checkpoint
+from ..support.checkpoint import best_scored, checkpoint_files, checkpoint_state, write_checkpoint
 from ..support.checkpoint_ranks import gather_rank_states
 from ..support.distributed import on_rank_zero
 
@@ -96,11 +97,15 @@ class Checkpointer(UnsafeCallback):
             `keep_best` ranks checkpoints.
         mode: `"min"` if a lower `monitor` value is better, `"max"` if higher.
         keep_best: also keep this many checkpoints with the best `monitor` values.
+        overwrite: at `FitBegin`, delete the folder's checkpoints beyond this learner's epoch
+            (another run's, or the later ones of a run this learner resumed from an earlier
+            checkpoint) instead of refusing to mix runs in one folder.
 
     It is an `UnsafeCallback`: it reads the whole learner (model, optimizer, scaler, every
     callback's `state_dict()`, `cbstate`), which is what a checkpoint is. Its own state
-    (`epoch`, the epochs completed, and `scores`, the monitor value of each kept file) is
-    saved in the checkpoints too.
+    (`epoch`, the epochs completed, `scores`, the monitor value of each kept file, and
+    `mode`, by which `load_checkpoint(..., which="best")` ranks them) is saved in the
+    checkpoints too.
     """
 
     folder: Path = attrs.field(converter=Path)
@@ -109,6 +114,7 @@ class Checkpointer(UnsafeCallback):
     monitor: str | None = None
     mode: str = "min"
     keep_best: int = 0
+    overwrite: bool = False
     epoch: int = attrs.field(default=0, init=False)
     scores: dict[str, float] = attrs.field(factory=dict, init=False)
     _phases_ended: int | None = attrs.field(default=None, init=False, repr=False)  # in fit
@@ -135,6 +141,8 @@ class Checkpointer(UnsafeCallback):
             raise ValueError(f"Checkpointer(mode={self.mode!r}): mode is 'min' or 'max'")
         if not isinstance(self.keep_best, int) or self.keep_best < 0:
             raise ValueError(f"Checkpointer(keep_best={self.keep_best!r}): an int >= 0")
+        if not isinstance(self.overwrite, bool):
+            raise TypeError(f"Checkpointer(overwrite={self.overwrite!r}): True or False")
         if (self.keep_best > 0) != (self.monitor is not None):
             raise ValueError(
                 f"Checkpointer(monitor={self.monitor!r}, keep_best={self.keep_best}): give "
@@ -153,7 +161,14 @@ class Checkpointer(UnsafeCallback):
             )
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "scores": dict(self.scores)}
+        # `mode` tells `fp.load_checkpoint(..., which="best")` how to rank the scores
+        return {"epoch": self.epoch, "scores": dict(self.scores), "mode": self.mode}
+
+    @property
+    def best_path(self) -> Path | None:
+        """The kept checkpoint with the best `monitor` value (the earlier on a tie), or None
+        (no `monitor`, or none saved yet)."""
+        return best_scored(self.folder, self.scores, self.mode)
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch = int(state["epoch"])
@@ -228,11 +243,14 @@ def _checkpointer_fit_begin(event: FitBegin, phase: Phase, cb: Checkpointer, lea
         cb._phases_ended = pending["phase"]
     here = (cb.epoch, 0 if pending is None else pending["steps"])
     later = [path for key, path in checkpoint_files(cb.folder) if key > here]
-    if later:
+    if later and cb.overwrite:
+        on_rank_zero(lambda: [path.unlink(missing_ok=True) for path in later])
+    elif later:
         raise CheckpointError(
             cb.folder, f"already holds {later[-1].name}, beyond this learner's epoch {cb.epoch}: "
             "it is another run's. Resume it with fp.load_checkpoint(learner, folder) before fit, "
-            "or give the Checkpointer an empty folder."
+            "give the Checkpointer an empty folder, or Checkpointer(folder, overwrite=True) to "
+            "delete them."
         )
 
 

@@ -12,6 +12,12 @@ parameter group), or a schedule that returns a list.
 
 The scheduler's position (training steps started) is its state: `state_dict()` /
 `load_state_dict()` carry it through a checkpoint, so a resumed run continues the schedule.
+
+Given a PyTorch LR scheduler (or a factory `optimizer -> scheduler`) instead of a dict, it
+makes a `TorchScheduler` that steps it (`fluxpy.callbacks.torchschedulers`):
+
+    fp.Scheduler(lambda opt: torch.optim.lr_scheduler.StepLR(opt, 10), interval="epoch")
+    fp.Scheduler(lambda opt: ReduceLROnPlateau(opt, patience=2), monitor="loss")
 """
 
 from __future__ import annotations
@@ -142,6 +148,10 @@ def _assign(group: dict, key: str, value: Any) -> None:
         group[key] = value
 
 
+def _is_torch_scheduler(value: Any) -> bool:
+    return isinstance(value, torch.optim.lr_scheduler.LRScheduler)
+
+
 def _is_hyperparameter(kind: Any) -> bool:
     return isinstance(kind, type) and issubclass(kind, HyperParameter)
 
@@ -152,7 +162,9 @@ class Scheduler(Callback):
 
     Args:
         schedules: `{HyperParameter subclass: schedule}`, a schedule being a callable
-            `step -> value`, or a list of them, one per optimizer parameter group.
+            `step -> value`, or a list of them, one per optimizer parameter group. (A
+            `torch.optim.lr_scheduler.LRScheduler` or a factory of one makes a
+            `TorchScheduler`, a subclass, which takes `interval`, `monitor` and `phase`.)
 
     `step` counts the training steps started, over all `fit` calls; it is what the schedules
     are called with and what `state_dict` saves.
@@ -160,6 +172,19 @@ class Scheduler(Callback):
 
     schedules: dict[type[HyperParameter], Any]
     step: int = attrs.field(default=0, init=False)
+
+    def __new__(cls, schedules: Any = None, *args: Any, **kwargs: Any) -> Scheduler:
+        if cls is Scheduler and (_is_torch_scheduler(schedules) or (
+                callable(schedules) and not isinstance(schedules, dict))):
+            from .torchschedulers import TorchScheduler
+
+            cls = TorchScheduler
+        return super().__new__(cls)
+
+    @property
+    def hyperparameters(self) -> frozenset[type[HyperParameter]]:
+        """The hyperparameters it sets (two schedulers may not set the same one)."""
+        return frozenset(self.schedules)
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.schedules, dict) or not self.schedules:
@@ -210,7 +235,7 @@ def _scheduler_access(cb: Scheduler):
 @resolveconflict.dispatch
 def _schedulers_conflict(a: Scheduler, b: Scheduler):
     """Two schedulers may share the optimizer if they schedule different hyperparameters."""
-    return Unresolvable() if set(a.schedules) & set(b.schedules) else NoConflict()
+    return Unresolvable() if a.hyperparameters & b.hyperparameters else NoConflict()
 
 
 @resolveconflict.dispatch
@@ -247,7 +272,7 @@ def fit_one_cycle(learner: Any, n_epochs: int, max_lr: float | Sequence[float], 
     """
     from ..support.schedules import one_cycle
 
-    if any(isinstance(cb, Scheduler) and LearningRate in cb.schedules
+    if any(isinstance(cb, Scheduler) and LearningRate in cb.hyperparameters
            for cb in learner.callbacks):
         raise ValueError("fit_one_cycle: the learner already has a Scheduler for "
                          "LearningRate; call learner.fit instead, or remove that Scheduler")

@@ -2,6 +2,7 @@
 
     fp.save_checkpoint(learner, "run/final.pt")
     fp.load_checkpoint(learner, "run/checkpoints")   # a file, or a folder: its latest checkpoint
+    fp.load_checkpoint(learner, "run/checkpoints", which="best")  # the best monitored one
     learner.fit(3)                                   # as if training had never stopped
 
 A checkpoint is one `torch.save` file holding a dict:
@@ -72,6 +73,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import math
 import numbers
 import os
 import random
@@ -95,6 +97,8 @@ from .checkpoint_ranks import own_rank_state
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "best_checkpoint",
+    "best_scored",
     "checkpoint_digest",
     "checkpoint_files",
     "checkpoint_state",
@@ -123,9 +127,11 @@ def save_checkpoint(learner, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_checkpoint(learner, path: str | os.PathLike) -> Path:
+def load_checkpoint(learner, path: str | os.PathLike, *, which: str = "latest") -> Path:
     """Restore `learner` from a checkpoint file, or from a folder's latest (`epoch-NNNN.pt`
-    or, taken in the middle of an epoch, `epoch-NNNN-step-SSSSSS.pt`).
+    or, taken in the middle of an epoch, `epoch-NNNN-step-SSSSSS.pt`), or with
+    `which="best"` from the folder's checkpoint with the best `monitor` value of those a
+    `Checkpointer(monitor=..., keep_best=...)` kept (see `best_checkpoint`).
 
     All or nothing: the file's digest and every part (model, optimizer, scaler, RNG, each
     callback's state, cbstate) are checked before anything changes, and a `CheckpointError`
@@ -134,7 +140,15 @@ def load_checkpoint(learner, path: str | os.PathLike) -> Path:
     checkpoint lacks keep theirs (with a warning), and so does the rest of `cbstate`.
     Returns the file that was loaded.
     """
-    file = _resolve(Path(path))
+    if which not in ("latest", "best"):
+        raise ValueError(f"load_checkpoint(which={which!r}): 'latest' (the newest checkpoint "
+                         "of a folder) or 'best' (the best monitored one)")
+    path = Path(path)
+    if which == "best" and not path.is_dir():
+        raise CheckpointError(path, "is not a folder: which='best' picks among the files of a "
+                              "Checkpointer's folder; give the folder, or load this file "
+                              "without which.")
+    file = best_checkpoint(path) if which == "best" else _resolve(path)
     state = own_rank_state(_read(file), file)  # under DDP, this rank's part of a mid-epoch one
     parts = _checked_parts(learner, state, file)
     position = _checked_position(learner, state, file)
@@ -156,6 +170,33 @@ def load_checkpoint(learner, path: str | os.PathLike) -> Path:
         learner.position.generator_state = state.get("data_rng")
         learner.position.schedule = _checked_schedule(state, file)
     return file
+
+
+def best_checkpoint(folder: str | os.PathLike) -> Path:
+    """The checkpoint of a `Checkpointer`'s folder with the best `monitor` value: the
+    Checkpointer's state in the folder's newest checkpoint holds the value of each epoch file
+    (`scores`) and whether lower or higher is better (`mode`). Ties go to the earlier epoch."""
+    folder = Path(folder)
+    newest = _resolve(folder)
+    saved = _read(newest)["callbacks"].get("Checkpointer")
+    ranking = _decode(saved, newest, "callbacks.Checkpointer") if saved is not None else {}
+    best = best_scored(folder, ranking.get("scores", {}), ranking.get("mode"))
+    if best is None:
+        raise CheckpointError(folder, "has no checkpoint ranked by a monitored metric: the "
+                              "Checkpointer that wrote it had no monitor. Save with "
+                              "fp.Checkpointer(folder, monitor='loss', keep_best=1), or load "
+                              "the latest with which='latest'.")
+    return best
+
+
+def best_scored(folder: Path, scores: Mapping[str, float], mode: str | None) -> Path | None:
+    """The file of `folder` with the best score (`mode` "min" or "max") among `scores`
+    ({file name: monitor value}), or None when none of them is there."""
+    present = {path.name: path for _, path in checkpoint_files(folder)}
+    sign = -1.0 if mode == "max" else 1.0
+    ranked = sorted((sign * score, name) for name, score in scores.items()
+                    if name in present and not math.isnan(score))
+    return present[ranked[0][1]] if ranked and mode in ("min", "max") else None
 
 
 def checkpoint_state(learner) -> dict[str, Any]:
