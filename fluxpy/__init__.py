@@ -94,7 +94,7 @@ from .explain import explain
 from .learner import FitResult, Learner
 from .lrfind import lr_find
 from .plots import plot_history
-from .support.checkpoint import load_checkpoint, save_checkpoint
+from .support.checkpoint import load_checkpoint, save_checkpoint, unwrap_model
 from .support.checkpoint_encoding import register_checkpoint_class
 from .support.distributed import RankZeroOnly, init_distributed, is_rank_zero, rank_zero_only
 from .support.schedules import concat, cosine, linear, one_cycle, warmup
@@ -207,6 +207,7 @@ __all__ = [
     "stateaccess",
     "step",
     "throttle",
+    "unwrap_model",
     "update_parameters",
     "warmup",
 ]
