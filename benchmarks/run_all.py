@@ -3,6 +3,7 @@
 - `dispatch.py` -> `dispatch.md` (the cost of firing an event and of a protected read);
 - `overhead.py` -> `overhead.md`, `overhead.json` and the plot `overhead.png`;
 - `threaded.py` -> `threaded.md`;
+- `compile.py` -> `compile.md` (compiled vs eager fit of a small ConvNet, and its compile time);
 - `results.md`: the targets next to the numbers measured in this run.
 
 Each benchmark runs in its own process, one after the other, so none sees another's imports
@@ -155,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     run("overhead.py", "--out", str(results / "overhead.md"),
         "--json", str(results / "overhead.json"), *quick)
     run("threaded.py", "--out", str(results / "threaded.md"))
+    run("compile.py", "--out", str(results / "compile.md"), *(("--rounds", "2") if args.quick
+                                                               else ()))
     numbers = json.loads((results / "overhead.json").read_text(encoding="utf-8"))
     plot(numbers, results / "overhead.png")
     text = summary(numbers, (results / "threaded.md").read_text(encoding="utf-8"), previous)

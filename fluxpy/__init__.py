@@ -99,7 +99,7 @@ from .learner import FitResult, Learner
 from .lrfind import lr_find
 from .plots import plot_history
 from .support.accuracy import accuracy, error_rate, top_k_accuracy
-from .support.checkpoint import load_checkpoint, save_checkpoint
+from .support.checkpoint import load_checkpoint, save_checkpoint, unwrap_model
 from .support.checkpoint_encoding import register_checkpoint_class
 from .support.distributed import RankZeroOnly, init_distributed, is_rank_zero, rank_zero_only
 from .support.schedules import concat, cosine, linear, one_cycle, warmup
@@ -221,6 +221,7 @@ __all__ = [
     "step",
     "throttle",
     "top_k_accuracy",
+    "unwrap_model",
     "update_parameters",
     "warmup",
 ]

@@ -68,6 +68,7 @@ from .engine.firing import check_fire, fires, firing, firing_callback
 from .engine.loop import epoch
 from .engine.plans import Plans, method_for
 from .engine.position import Position, mismatch
+from .support.compiling import compile_model
 from .support.devices import resolve_device
 from .support.distributed import runs_on_this_rank
 
@@ -120,6 +121,10 @@ class Learner:
             callback may only read (see `fluxpy.core.strict`); a change is an `fp.ProtectedError`
             naming the callback, the handler and the path. Costs a copy of what each handler
             reads, so it is meant for tests (`fluxpy.testing.test_learner` turns it on).
+        compile: `True` compiles the model with `torch.compile` once, here; a dict gives
+            torch.compile's options (`{"mode": "max-autotune"}`). `learner.model` is then the
+            compiled wrapper and `fp.unwrap_model(learner.model)` the model; checkpoints hold
+            the model's own keys (see `fluxpy.support.compiling`).
 
     Attributes:
         plans: the handlers each event runs (`fluxpy.engine.plans.Plans`), for executors,
@@ -142,6 +147,7 @@ class Learner:
         device: Any = None,
         distributed: bool | None = None,
         strict: bool = False,
+        compile: bool | dict = False,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -160,6 +166,8 @@ class Learner:
         self.device = resolve_device(device)
         self.data: Data | None = as_data(data)
         self.optimizer = make_optimizer(optimizer, model)
+        if compile is not False:  # the compiled wrapper trains the same parameter tensors
+            self.model = compile_model(model, compile, self.device)
         self.ddp = DistributedTraining.setup(self, distributed, device)
         self.executor: Executor = executor if executor is not None else SerialExecutor()
         self.batch = Batch()

@@ -179,7 +179,7 @@ def test_explain_the_default_callbacks():
         "  Metrics          reads batch.loss, batch.preds, batch.ys, device; "
         "writes cbstate.metricsepoch, cbstate.metricsstep",
         "  ProgressPrinter  reads cbstate.metricsstep, data",
-        "  MetricsPrinter   reads cbstate.metricsepoch",
+        "  MetricsPrinter   reads cbstate.metricsepoch, epoch_phases",
         "  StopOnNaNLoss    reads batch.loss",
         "",
         "Handlers per phase and event, in run order:",
@@ -220,7 +220,7 @@ def test_explain_tells_a_runafter_once_and_the_state_a_pair_shares_in_one_line(t
         "  Metrics           reads batch.loss, batch.preds, batch.ys, device; "
         "writes cbstate.metricsepoch, cbstate.metricsstep",
         "  ProgressPrinter   reads cbstate.metricsstep, data",
-        "  MetricsPrinter    reads cbstate.metricsepoch",
+        "  MetricsPrinter    reads cbstate.metricsepoch, epoch_phases",
         "  StopOnNaNLoss     reads batch.loss",
         "  Checkpointer      reads callbacks, cbstate, model, optimizer, rng, scaler; "
         "UNSAFE: gets the raw learner, nothing is checked",
@@ -348,7 +348,7 @@ def test_explain_lists_each_callbacks_reads_and_writes():
     assert "LossLogger reads cbstate.history, cbstate.metricsstep" in lines
     assert "Clip writes model" in lines
     assert "Recorder writes cbstate.history" in lines
-    assert "MetricsPrinter reads cbstate.metricsepoch" in lines
+    assert "MetricsPrinter reads cbstate.metricsepoch, epoch_phases" in lines
 
 
 def test_explain_gives_the_reason_for_each_edge():

@@ -1,7 +1,9 @@
 """`ProgressPrinter`: a tqdm bar per phase and epoch with the running loss.
 
-The loss shown is refreshed at most every `refresh_seconds` (reading a device tensor is a
-host sync, so it happens at a bounded rate, never every step).
+Each epoch's bar stays on screen when the epoch ends. In a terminal the bars are tqdm's text
+bars; in a Jupyter notebook they are tqdm's widget bars (text bars when ipywidgets is not
+installed). The loss shown is refreshed at most every `refresh_seconds` (reading a device
+tensor is a host sync, so it happens at a bounded rate, never every step).
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import time
 from typing import Any
 
 import attrs
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..core.access import Access, Read
 from ..core.callback import Callback, on, stateaccess
 from ..core.events import EpochBegin, EpochEnd, FitEnd, StepEnd
 from ..core.phases import Phase
 from ..support.distributed import RankZeroOnly
+from ..support.notebook import in_notebook, notebook_bar
 
 __all__ = ["ProgressPrinter"]
 
@@ -28,9 +31,10 @@ class ProgressPrinter(RankZeroOnly, Callback):
 
     Args:
         enabled: `True` always, `False` never, `None` (default) only when the output is a
-            terminal, so logs and CI output stay clean.
+            terminal or a Jupyter notebook, so logs and CI output stay clean.
         refresh_seconds: the least time between two reads of the running loss.
-        file: where the bars go (default `sys.stderr`).
+        file: where the bars go (default `sys.stderr`, or the notebook's widget bars when
+            running in Jupyter); a `file` given gets text bars, also in a notebook.
     """
 
     enabled: bool | None = None
@@ -42,9 +46,17 @@ class ProgressPrinter(RankZeroOnly, Callback):
 
     def active(self) -> bool:
         if self.enabled is None:
+            if self.file is None and in_notebook():
+                return True
             stream = self.file or sys.stderr
             return bool(getattr(stream, "isatty", lambda: False)())
         return self.enabled
+
+    def new_bar(self, total: int | None, desc: str) -> tqdm:
+        """A bar that stays on screen when closed: a widget bar in a notebook, else text."""
+        bar = notebook_bar() if self.file is None and in_notebook() else tqdm
+        return bar(total=total, desc=desc, file=self.file or sys.stderr, leave=True,
+                   dynamic_ncols=True, unit="step")
 
 
 @stateaccess.dispatch
@@ -69,8 +81,7 @@ def _progress_epoch_begin(event: EpochBegin, phase: Phase, cb: ProgressPrinter, 
     if not cb.active():
         return
     cb._epochs[phase] = cb._epochs.get(phase, 0) + 1
-    cb._bar = tqdm(total=_length(learner, phase), desc=f"Epoch {cb._epochs[phase]} {phase}",
-                   file=cb.file or sys.stderr, leave=False, dynamic_ncols=True, unit="step")
+    cb._bar = cb.new_bar(_length(learner, phase), f"Epoch {cb._epochs[phase]} {phase}")
     cb._last = time.perf_counter()
 
 

@@ -93,6 +93,7 @@ from ..core.errors import CheckpointError
 from ..engine.position import generator_state_of, mismatch
 from .checkpoint_encoding import DecodeError, decode, encode, qualified_name
 from .checkpoint_ranks import own_rank_state
+from .compiling import is_compiled, without_compiled_prefix
 
 __all__ = [
     "FORMAT",
@@ -150,6 +151,7 @@ def load_checkpoint(learner, path: str | os.PathLike, *, which: str = "latest") 
                               "without which.")
     file = best_checkpoint(path) if which == "best" else _resolve(path)
     state = own_rank_state(_read(file), file)  # under DDP, this rank's part of a mid-epoch one
+    state = without_compiled_prefix(state)  # written with a compiled model's keys
     parts = _checked_parts(learner, state, file)
     position = _checked_position(learner, state, file)
     # Callbacks first: their own load_state_dict is their check, undone if it fails; every
@@ -309,9 +311,18 @@ def checkpoint_files(folder: Path) -> list[tuple[tuple[int, int], Path]]:
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside `DistributedDataParallel` / `DataParallel`, else `model` itself."""
+    """The user's model inside the wrappers training adds, in any nesting:
+    `DistributedDataParallel`, `DataParallel` and torch.compile's `OptimizedModule`
+    (`Learner(compile=True)`). FSDP2's `fully_shard` changes the module in place (its class
+    becomes a subclass of `FSDPModule`), so such a model is its own plain model."""
     wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
-    return model.module if isinstance(model, wrappers) else model
+    while True:
+        if isinstance(model, wrappers):
+            model = model.module
+        elif is_compiled(model):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def stateful_callbacks(learner) -> list[tuple[str, Any]]:

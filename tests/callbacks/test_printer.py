@@ -77,7 +77,7 @@ def test_last_row_is_printed_when_fit_is_cancelled():
 
 def test_needs_metrics():
     assert fp.stateaccess(fp.MetricsPrinter()) == fp.Access(
-        cbstate=fp.Access(metricsepoch=fp.Read()))
+        cbstate=fp.Access(metricsepoch=fp.Read()), epoch_phases=fp.Read())
 
 
 def test_epochs_keep_counting_in_a_new_learner_that_loaded_a_checkpoint(tmp_path):
@@ -90,3 +90,42 @@ def test_epochs_keep_counting_in_a_new_learner_that_loaded_a_checkpoint(tmp_path
     second.fit(2)
     rows = [line for line in out.getvalue().splitlines() if line.lstrip()[:1].isdigit()]
     assert [row.split("│")[0].strip() for row in rows] == ["3", "4"]
+
+
+def test_each_row_is_printed_when_its_epoch_ends():
+    out = io.StringIO()
+    seen = []
+    snapshot = fp.CustomCallback(lambda learner: seen.append(len(rows(out.getvalue()))),
+                                 fp.EpochBegin, fp.TrainingPhase)
+    learner = test_learner(snapshot, fp.Metrics(), fp.MetricsPrinter(file=out))
+    learner.fit(3)
+    # when epoch k begins, the rows of the k - 1 epochs before it are on screen
+    assert seen == [0, 1, 2]
+    assert len(rows(out.getvalue())) == 3
+
+
+def test_a_training_only_fit_prints_each_row_when_the_training_epoch_ends():
+    out = io.StringIO()
+    seen = []
+    snapshot = fp.CustomCallback(lambda learner: seen.append(out.getvalue().count("\n")),
+                                 fp.EpochBegin, fp.TrainingPhase)
+    learner = test_learner(snapshot, fp.Metrics(), fp.MetricsPrinter(file=out))
+    learner.fit(2, data=(test_batches(2), None))
+    assert seen == [0, 3]  # header, rule and the first row before the second epoch
+    assert [r[0] for r in rows(out.getvalue())] == ["1", "2"]
+
+
+def test_with_validation_every_other_epoch_the_rows_stay_whole():
+    printer = fp.MetricsPrinter(file=io.StringIO())
+    learner = test_learner(fp.Metrics(), printer)
+    learner.fit(4, validate_every=fp.Every(epochs=2))
+    losses = learner.cbstate.metricsepoch
+    table = [line for line in printer.file.getvalue().splitlines() if line.lstrip()[:1].isdigit()]
+    cells = [[c.strip() for c in line.split("│")] for line in table]
+    # a round without validation is printed when the next begins, with its training loss only
+    assert cells == [
+        ["1", f"{losses[TRAIN]['loss'][0]:.4f}"],
+        ["2", f"{losses[TRAIN]['loss'][1]:.4f}", f"{losses[VALID]['loss'][0]:.4f}"],
+        ["3", f"{losses[TRAIN]['loss'][2]:.4f}"],
+        ["4", f"{losses[TRAIN]['loss'][3]:.4f}", f"{losses[VALID]['loss'][1]:.4f}"],
+    ]

@@ -67,3 +67,26 @@ def test_bar_is_closed_when_fit_fails():
 def test_reads_only_step_metrics_and_data():
     assert fp.stateaccess(fp.ProgressPrinter()) == fp.Access(
         data=fp.Read(), cbstate=fp.Access(metricsstep=fp.Read()))
+
+
+def screen(text):
+    """What a terminal shows: of each line, what was written after its last carriage return."""
+    return [line.rsplit("\r", 1)[-1] for line in text.split("\n") if line.rsplit("\r", 1)[-1]]
+
+
+def test_each_epochs_bar_stays_on_screen_when_it_ends():
+    lines = screen(output_of(fp.ProgressPrinter(enabled=True, file=io.StringIO()), epochs=2))
+    assert [line.split(":")[0] for line in lines] == [
+        "Epoch 1 TrainingPhase", "Epoch 1 ValidationPhase",
+        "Epoch 2 TrainingPhase", "Epoch 2 ValidationPhase"]
+    assert all(" 100%|" in line and "16/16" in line for line in lines)
+
+
+def test_bars_and_table_rows_appear_in_epoch_order_on_one_terminal():
+    out = Terminal()
+    learner = test_learner(fp.Metrics(), fp.ProgressPrinter(file=out), fp.MetricsPrinter(file=out))
+    learner.fit(2)
+    lines = screen(out.getvalue())
+    assert [line.split(":")[0].split("│")[0].strip() for line in lines] == [
+        "Epoch 1 TrainingPhase", "Epoch 1 ValidationPhase", "epoch", "─" * len(lines[3]), "1",
+        "Epoch 2 TrainingPhase", "Epoch 2 ValidationPhase", "2"]
