@@ -12,7 +12,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,docs,plot,tensorboard,metrics,data]"
+	$(BIN)/python -m pip install -q -e ".[dev,docs,plot,tensorboard,metrics,data,mlflow,wandb]"
 	touch $@
 
 demo: $(VENV)/.installed

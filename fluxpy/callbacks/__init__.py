@@ -10,6 +10,7 @@ from .gradients import GradientAccumulation, GradientClipping
 from .logging import LogHistograms, LogHyperParams, LogMetrics
 from .metrics import Metric, Metrics
 from .mixup import MixUp
+from .mlflow_backend import MLflowBackend
 from .nan import StopOnNaNLoss
 from .precision import MixedPrecision
 from .printer import MetricsPrinter
@@ -25,6 +26,8 @@ from .scheduler import (
     fit_one_cycle,
 )
 from .todevice import ToDevice
+from .tracking import RunBackend
+from .wandb_backend import WandbBackend
 
 __all__ = [
     "ActivationStats",
@@ -42,6 +45,7 @@ __all__ = [
     "LogHistograms",
     "LogHyperParams",
     "LogMetrics",
+    "MLflowBackend",
     "Metric",
     "Metrics",
     "MetricsPrinter",
@@ -50,12 +54,14 @@ __all__ = [
     "Momentum",
     "ProgressPrinter",
     "Recorder",
+    "RunBackend",
     "SanityCheck",
     "Scheduler",
     "StopOnNaNLoss",
     "TensorBoardBackend",
     "Throttle",
     "ToDevice",
+    "WandbBackend",
     "WeightDecay",
     "fit_one_cycle",
     "throttle",
