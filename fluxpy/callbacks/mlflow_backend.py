@@ -73,7 +73,15 @@ class MLflowBackend(RunBackend):
                                   "pip install 'fluxpy[mlflow]'") from exc
             self._client = MlflowClient(self.tracking_uri)
         if run_id is not None:
-            self._client.update_run(run_id, status="RUNNING")
+            from mlflow.exceptions import MlflowException
+
+            try:
+                self._client.update_run(run_id, status="RUNNING")
+            except MlflowException as exc:
+                raise ValueError(
+                    f"MLflowBackend: the loaded checkpoint continues run {run_id}, which "
+                    f"tracking_uri={self.tracking_uri!r} does not hold ({exc.message}); give "
+                    "the MLflowBackend the tracking_uri the run was logged to") from exc
             return run_id
         return self._client.create_run(self._experiment_id(), run_name=self.run_name).info.run_id
 

@@ -67,7 +67,6 @@ class RunBackend(LogBackend):
         """A logging callback begins a fit: the first starts the run and stores `report`
         (a `fluxpy.explain.GraphReport`)."""
         with self._lock:
-            self._users += 1
             if not self._running:
                 self._start(self._resume)
                 self._resume = None
@@ -75,6 +74,7 @@ class RunBackend(LogBackend):
                 self._log_text("fluxpy/graph.mmd", report.mermaid)
                 self._log_text("fluxpy/graph.dot", report.dot)
                 # The graph's picture is added here once fluxpy can draw it.
+            self._users += 1  # (not when starting failed: then no FitEnd ends its run)
 
     def end_fit(self, error: BaseException | None) -> None:
         """A logging callback ends its fit (`error`: what ended it); the last ends the run."""

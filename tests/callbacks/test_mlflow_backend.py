@@ -2,6 +2,7 @@
 starts on 127.0.0.1 (sqlite backend store, artifacts in tmp), both read back with MlflowClient."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -241,3 +242,54 @@ def test_a_missing_experiment_is_created_and_histograms_need_no_fit(file_store):
     assert history(file_store, run, "loss/TrainingPhase") == [(1, 2.5)]
     assert history(file_store, run, "w/mean") == [(4, 2.0)]
     assert history(file_store, run, "w/std") == [(4, pytest.approx(2 ** 0.5))]
+
+
+KILLED_RUN = """
+import os, signal, sys
+import fluxpy as fp
+from fluxpy.testing import test_learner
+
+def die(learner):
+    if learner.cbstate.history[fp.TrainingPhase()].epochs == 1:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer does, mid-epoch
+
+tracker = fp.MLflowBackend(sys.argv[1], experiment="killed")
+learner = test_learner(fp.LogMetrics(tracker), fp.Checkpointer(sys.argv[2]), fp.Recorder(),
+                       fp.Metrics(), fp.CustomCallback(die, fp.StepBegin, fp.TrainingPhase,
+                       access=fp.Access(cbstate=fp.Access(history=fp.Read()))))
+learner.fit(3)
+"""
+
+
+def test_a_run_killed_with_sigkill_is_continued_by_the_resumed_fit(file_store, tmp_path):
+    store = file_store
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, store, str(tmp_path / "ckpt")],
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    (run,) = runs(store, "killed")
+    assert run.info.status == "RUNNING"  # nobody ended it
+    tracker = fp.MLflowBackend(store, experiment="killed")
+    learner = learner_with(fp.LogMetrics(tracker), fp.Checkpointer(tmp_path / "ckpt"))
+    fp.load_checkpoint(learner, tmp_path / "ckpt")
+    learner.fit(2)
+    (resumed,) = runs(store, "killed")
+    assert (resumed.info.run_id, resumed.info.status) == (run.info.run_id, "FINISHED")
+    losses = learner.cbstate.metricsepoch[TRAINING]["loss"]
+    assert history(store, resumed, "loss/TrainingPhase") == [
+        (epoch, pytest.approx(losses[epoch - 1])) for epoch in (1, 2, 3)]
+
+
+def test_a_checkpoints_run_missing_from_the_store_is_an_error(file_store, tmp_path):
+    logged = learner_with(fp.LogMetrics(fp.MLflowBackend(file_store, experiment="here")))
+    logged.fit(1)
+    fp.save_checkpoint(logged, tmp_path / "run.pt")
+    elsewhere = str(tmp_path / "other-store")
+    learner = learner_with(fp.LogMetrics(fp.MLflowBackend(elsewhere, experiment="here")))
+    fp.load_checkpoint(learner, tmp_path / "run.pt")
+    run_id = runs(file_store, "here")[0].info.run_id
+    with pytest.raises(ValueError, match=(
+            rf"MLflowBackend: the loaded checkpoint continues run {run_id}, which "
+            rf"tracking_uri='{re.escape(elsewhere)}' does not hold \(.*\); give the "
+            r"MLflowBackend the tracking_uri the run was logged to")):
+        learner.fit(1)
