@@ -12,7 +12,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,docs,plot,tensorboard,metrics,data,notebook]"
+	$(BIN)/python -m pip install -q -e ".[dev,docs,plot,tensorboard,metrics,data,notebook,mlflow,wandb]"
 	touch $@
 
 demo: $(VENV)/.installed

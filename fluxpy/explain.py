@@ -8,11 +8,19 @@ declared by resolveconflict(...)`), then those inferred from state access (a wri
 its readers), then the given order kept by `NoConflict` pairs. Names are padded to the
 longest, however long. The result is a `str` with `to_mermaid()` and `to_dot()` for drawing
 the graph.
+
+`graph_report(learner)` is the same as plain values, a `GraphReport`: what experiment trackers
+(`fp.MLflowBackend`, `fp.WandbBackend`) store with each run. Callbacks may not import this module
+(it sits above them) and a handler's view cannot call the graph's methods, so handlers read it as
+`learner.graph_report`, declared with `graph_report=fp.Read()`; being a frozen record of strings,
+it reaches them as it is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import attrs
 
 from .core.access import render_path
 from .core.callback import UnsafeCallback, on
@@ -28,7 +36,7 @@ from .core.phases import (
 )
 from .engine.firing import fires
 
-__all__ = ["Explanation", "explain"]
+__all__ = ["Explanation", "GraphReport", "explain", "graph_report"]
 
 
 class Explanation(str):
@@ -46,6 +54,27 @@ class Explanation(str):
 
     def to_dot(self) -> str:
         return self.graph.to_dot()
+
+
+@attrs.frozen
+class GraphReport:
+    """A learner's callbacks explained, as plain strings (see the module docstring).
+
+    Attributes:
+        explanation: `explain(learner)`'s text.
+        mermaid: the callback graph as a Mermaid flowchart (`Explanation.to_mermaid()`).
+        dot: the callback graph in Graphviz DOT (`Explanation.to_dot()`).
+    """
+
+    explanation: str
+    mermaid: str
+    dot: str
+
+
+def graph_report(learner) -> GraphReport:
+    """`learner`'s `GraphReport`, made now from its current graph."""
+    text = explain(learner)
+    return GraphReport(str(text), text.to_mermaid(), text.to_dot())
 
 
 def explain(learner, phases: Sequence[Phase] | None = None, *, empty: bool = False) -> Explanation:

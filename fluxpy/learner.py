@@ -68,6 +68,7 @@ from .engine.firing import check_fire, fires, firing, firing_callback
 from .engine.loop import epoch
 from .engine.plans import Plans, method_for
 from .engine.position import Position, mismatch
+from .explain import GraphReport, graph_report
 from .support.compiling import compile_model
 from .support.devices import resolve_device
 from .support.distributed import runs_on_this_rank
@@ -132,6 +133,9 @@ class Learner:
         position: where the running training epoch is (`fluxpy.engine.position.Position`):
             what a checkpoint in the middle of an epoch saves, and, after `load_checkpoint`
             of one, the step the next `fit` resumes that epoch at.
+        fit_error: the exception that ended the last `fit` (set before `FitEnd` fires, so
+            its handlers can tell a failed or interrupted fit: trackers mark the run so);
+            `None` while a fit runs and after one that ended normally.
     """
 
     def __init__(
@@ -176,6 +180,7 @@ class Learner:
         self.epoch_phases: tuple[Phase, ...] = ()
         self.budget: Budget | None = None  # the limits of the running fit (fluxpy.engine.budget)
         self.position = Position()  # where a training epoch is (fluxpy.engine.position)
+        self.fit_error: BaseException | None = None
         self._fitting = False  # while true, changes of callbacks wait for an epoch boundary
         self._queued: list[Callback] | None = None  # the roots a change during fit asked for
         # Every callback this learner has adopted (by id, kept alive so ids stay unique): each
@@ -258,6 +263,7 @@ class Learner:
         schedule_state, self.position.schedule = self.position.schedule, None
         epochs, reason = 0, None
         self._fitting = True
+        self.fit_error = None
         self.budget = budget
         try:
             self.handle(_FIT_BEGIN, _FIT_PHASE)
@@ -291,6 +297,7 @@ class Learner:
         except CancelFitException as stop:
             reason = str(stop) or "CancelFitException"
         except BaseException as exc:
+            self.fit_error = exc
             try:
                 self.handle(_FIT_END, _FIT_PHASE)
             except Exception as end_exc:
@@ -368,6 +375,13 @@ class Learner:
     def callbacks(self) -> tuple[Callback, ...]:
         """All callbacks (groups flattened), in the order they were given."""
         return self.graph.callbacks
+
+    @property
+    def graph_report(self) -> GraphReport:
+        """`fp.explain(self)`'s text and the callback graph as Mermaid and DOT, as plain strings
+        (made when read): what a handler declaring `graph_report=fp.Read()` can read of the
+        graph, e.g. to store it with an experiment tracker's run."""
+        return graph_report(self)
 
     # Each change is checked at once: a graph error (or a failing `init`) is raised at the call
     # and leaves the learner as it was. During `fit` it is applied at the next epoch boundary

@@ -11,6 +11,7 @@ from .gradients import GradientAccumulation, GradientClipping
 from .logging import LogHistograms, LogHyperParams, LogMetrics
 from .metrics import Metric, Metrics
 from .mixup import MixUp
+from .mlflow_backend import MLflowBackend
 from .nan import StopOnNaNLoss
 from .precision import MixedPrecision
 from .prediction import Predictions
@@ -28,6 +29,8 @@ from .scheduler import (
 )
 from .todevice import ToDevice
 from .torchschedulers import TorchScheduler
+from .tracking import RunBackend
+from .wandb_backend import WandbBackend
 
 __all__ = [
     "ActivationStats",
@@ -45,6 +48,7 @@ __all__ = [
     "LogHistograms",
     "LogHyperParams",
     "LogMetrics",
+    "MLflowBackend",
     "Metric",
     "Metrics",
     "MetricsPrinter",
@@ -54,6 +58,7 @@ __all__ = [
     "Predictions",
     "ProgressPrinter",
     "Recorder",
+    "RunBackend",
     "SanityCheck",
     "Scheduler",
     "StopOnNaNLoss",
@@ -61,6 +66,7 @@ __all__ = [
     "Throttle",
     "ToDevice",
     "TorchScheduler",
+    "WandbBackend",
     "WeightAveraging",
     "WeightDecay",
     "fit_one_cycle",

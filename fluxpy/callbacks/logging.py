@@ -31,6 +31,12 @@ error or Ctrl-C. Under `torch.distributed` only rank 0 logs. Step numbers come f
 At `FitBegin` each tells its backends where every phase's logging continues
 (`LogBackend.purge`): after a resume from a checkpoint, what a killed run logged past it is
 dropped instead of logged twice.
+
+With an experiment tracker (`fp.MLflowBackend`, `fp.WandbBackend`: a `RunBackend`) each also
+starts the fit's run at `FitBegin` and ends it at `FitEnd`, as failed after an error; for that
+it reads `learner.graph_report` (stored with the run) and `learner.fit_error`, declared only
+when it has such a backend (see `fluxpy.callbacks.tracking`). The run's id is the callback's
+checkpoint state, so a resumed fit continues its run.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from ..core.phases import AbstractTrainingPhase, Phase
 from ..support.distributed import is_rank_zero
 from .backends import LogBackend
 from .periodic import as_every, due_after_step
+from .tracking import RunBackend
 
 __all__ = ["LogHistograms", "LogHyperParams", "LogMetrics"]
 
@@ -65,7 +72,8 @@ def _backends(instance: Any, attribute: attrs.Attribute, value: tuple) -> None:
     for backend in value:
         if not isinstance(backend, LogBackend):
             raise TypeError(f"{name}: {backend!r} is not a logging backend; pass "
-                            "fp.TensorBoardBackend(...), fp.CSVBackend(...) or an instance of "
+                            "fp.TensorBoardBackend(...), fp.CSVBackend(...), "
+                            "fp.MLflowBackend(...), fp.WandbBackend(...) or an instance of "
                             "your own fp.LogBackend subclass")
 
 
@@ -95,6 +103,23 @@ class _Logger(Callback):
     #: What `Every(seconds=...)` reads: `time.monotonic`; a test may put a fake clock here.
     clock: Callable[[], float] = attrs.field(default=time.monotonic, init=False, repr=False)
     _last: dict = attrs.field(factory=dict, init=False, repr=False)  # when it last logged
+    _runs: tuple = attrs.field(default=(), init=False, repr=False)  # trackers this fit started
+
+    def state_dict(self) -> dict:
+        """The ids of its trackers' runs (nothing to save for other backends)."""
+        return {"runs": [backend.state_dict() for backend in self._trackers()]}
+
+    def load_state_dict(self, state: dict) -> None:
+        trackers = self._trackers()
+        if len(state["runs"]) != len(trackers):
+            raise ValueError(f"{type(self).__name__} has {len(trackers)} tracker backends "
+                             f"(fp.MLflowBackend, fp.WandbBackend) but the checkpoint has runs "
+                             f"of {len(state['runs'])}; give it the backends it was saved with")
+        for backend, run in zip(trackers, state["runs"]):
+            backend.load_state_dict(run)
+
+    def _trackers(self) -> list[RunBackend]:
+        return [backend for backend in self.backends if isinstance(backend, RunBackend)]
 
     def _scalar(self, name: str, value: float, step: int, phase: Phase, axis: str) -> None:
         for backend in self.backends:
@@ -192,9 +217,33 @@ def hyperparameters(param_groups: Iterable[dict]) -> dict[str, float]:
     return values
 
 
+def _runs_access(cb: _Logger) -> Access:
+    """What starting and ending tracker runs reads (nothing without a tracker)."""
+    return Access(graph_report=Read(), fit_error=Read()) if cb._trackers() else Access()
+
+
+def _start_runs(cb: _Logger, learner) -> None:
+    """Start (or join) the fit's run of each tracker backend, on rank 0."""
+    trackers = cb._trackers() if cb._active else []
+    if trackers:
+        report = learner.graph_report
+        for backend in trackers:
+            backend.start_fit(report)
+            cb._runs += (backend,)
+
+
+def _end_runs(cb: _Logger, learner) -> None:
+    """Leave the runs this callback started; the last to leave a run ends it."""
+    runs, cb._runs = cb._runs, ()
+    if runs:
+        error = learner.fit_error
+        for backend in runs:
+            backend.end_fit(error)
+
+
 @stateaccess.dispatch
 def _log_metrics_access(cb: LogMetrics):
-    access = Access(cbstate=Access(metricsepoch=Read()))
+    access = Access(cbstate=Access(metricsepoch=Read())) | _runs_access(cb)
     if cb.every is not None:
         access = access | Access(cbstate=Access(metricsstep=Read(), history=Read()))
     return access
@@ -202,18 +251,19 @@ def _log_metrics_access(cb: LogMetrics):
 
 @stateaccess.dispatch
 def _log_hyperparams_access(cb: LogHyperParams):
-    return Access(optimizer=Read(), cbstate=Access(history=Read()))
+    return Access(optimizer=Read(), cbstate=Access(history=Read())) | _runs_access(cb)
 
 
 @stateaccess.dispatch
 def _log_histograms_access(cb: LogHistograms):
-    return Access(model=Read(), cbstate=Access(history=Read()))
+    return Access(model=Read(), cbstate=Access(history=Read())) | _runs_access(cb)
 
 
 @on.dispatch
 def _logger_fit_begin(event: FitBegin, phase: Phase, cb: _Logger, learner):
     """LogHyperParams and LogHistograms: training steps continue from the history's count."""
     cb._active = is_rank_zero()
+    _start_runs(cb, learner)
     if cb._active:
         for p, history in learner.cbstate.history.items():
             if isinstance(p, AbstractTrainingPhase):
@@ -228,13 +278,17 @@ def _logger_epoch_end(event: EpochEnd, phase: Phase, cb: _Logger, learner):
 
 @on.dispatch
 def _logger_fit_end(event: FitEnd, phase: Phase, cb: _Logger, learner):
-    for backend in cb.backends:
-        backend.close()
+    try:
+        _end_runs(cb, learner)
+    finally:
+        for backend in cb.backends:
+            backend.close()
 
 
 @on.dispatch
 def _log_metrics_fit_begin(event: FitBegin, phase: Phase, cb: LogMetrics, learner):
     cb._active = is_rank_zero()
+    _start_runs(cb, learner)
     # Values already in metricsepoch (an earlier fit, a loaded checkpoint) were logged then.
     cb._logged = {(p, name): len(values)
                   for p, metrics in learner.cbstate.metricsepoch.items()
@@ -279,8 +333,11 @@ def _log_metrics_fit_end(event: FitEnd, phase: Phase, cb: LogMetrics, learner):
         if cb._active:
             cb._flush_steps()  # steps of an epoch an error ended
     finally:
-        for backend in cb.backends:
-            backend.close()
+        try:
+            _end_runs(cb, learner)
+        finally:
+            for backend in cb.backends:
+                backend.close()
 
 
 def _log_hyperparams(cb: LogHyperParams, learner, phase: Phase, step: int) -> None:

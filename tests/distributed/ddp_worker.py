@@ -396,6 +396,17 @@ def load_single() -> None:
     write("load_single", weights=weights(learner))
 
 
+def tracked() -> None:
+    """LogMetrics to an MLflow store (SQLite) on both ranks: rank 0 alone starts a run."""
+    tracker = fp.MLflowBackend(f"sqlite:///{OUT / 'mlflow.db'}", experiment="ddp")
+    learner = fp.Learner(model(), F.mse_loss, data=(batches(8, seed=12), batches(4, seed=13)),
+                         optimizer=sgd(0.05), use_default_callbacks=False,
+                         callbacks=[fp.Recorder(), fp.Metrics(), fp.LogMetrics(tracker)])
+    learner.fit(2)
+    write("tracked", run_id=tracker.run_id,
+          losses=learner.cbstate.metricsepoch[fp.TrainingPhase()]["loss"])
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     for name in sys.argv[2:]:

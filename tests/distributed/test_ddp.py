@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from mlflow.tracking import MlflowClient
 
 import fluxpy as fp
 
@@ -25,7 +26,7 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 SCENARIOS = ("train", "stop", "nan", "early", "accumulate", "resume", "midresume", "midaccum",
              "buffers",
              "load_single",
-             "limits", "timed")
+             "limits", "timed", "tracked")
 TIMEOUT = 120
 
 
@@ -280,3 +281,14 @@ def test_validation_every_seconds_runs_at_the_same_steps_on_every_rank(out):
         assert r["validated_at"] == [3, 6]
     assert r0["weights"] == r1["weights"]
     assert r0["valid_loss"] == r1["valid_loss"] and r0["history"] == r1["history"]
+
+
+def test_only_rank_zero_logs_to_a_tracker(out):
+    r0, r1 = ranks(out, "tracked")
+    assert r1["run_id"] is None
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
+    assert (run.info.run_id, run.info.status) == (r0["run_id"], "FINISHED")
+    logged = client.get_metric_history(run.info.run_id, "loss/TrainingPhase")
+    assert sorted((m.step, m.value) for m in logged) == [
+        (1, pytest.approx(r0["losses"][0])), (2, pytest.approx(r0["losses"][1]))]
