@@ -93,7 +93,7 @@ from .engine.loop import epoch, run_epoch, run_step, step, update_parameters
 from .explain import explain
 from .learner import FitResult, Learner
 from .lrfind import lr_find
-from .plots import plot_history
+from .plots import plot_graph, plot_history
 from .support.checkpoint import load_checkpoint, save_checkpoint
 from .support.checkpoint_encoding import register_checkpoint_class
 from .support.distributed import RankZeroOnly, init_distributed, is_rank_zero, rank_zero_only
@@ -195,6 +195,7 @@ __all__ = [
     "lr_find",
     "on",
     "one_cycle",
+    "plot_graph",
     "plot_history",
     "produces",
     "rank_zero_only",

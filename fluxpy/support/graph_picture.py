@@ -25,13 +25,13 @@ from ..core.callback import UnsafeCallback
 from ..core.graph import DECLARED, STATE, CallbackGraph, Edge
 from .figures import new_figure, save_figure
 
-__all__ = ["draw_graph", "graph_figure"]
+__all__ = ["draw_graph", "graph_figure", "save_graph_figure"]
 
 FONT = "DejaVu Sans Mono"  # ships with matplotlib
 SIZE, SMALL = 9.0, 7.5  # points
 CHAR = 0.602 / 72  # a DejaVu Sans Mono character is 0.602 em wide; inches per point
 ROW, BOX = 0.5, 0.34  # row pitch and box height, inches
-TOP, LEFT, GAP = 0.95, 0.2, 0.22  # room for the key; margin; space between tracks
+TOP, LEFT, GAP = 1.2, 0.2, 0.22  # room for the key; margin; space between tracks
 STYLES = {  # kind -> (colour, line style), for edges, their labels and the key
     DECLARED: ("#1f5fbf", "-"),
     STATE: ("#333333", "-"),
@@ -50,11 +50,16 @@ def draw_graph(graph: CallbackGraph, path: str | os.PathLike,
     `groups` maps a callback's name (as in `graph.names`) to the name of the group it came
     from, to mark it.
     """
+    return save_graph_figure(graph_figure(graph, groups), path)
+
+
+def save_graph_figure(fig: Any, path: str | os.PathLike) -> pathlib.Path:
+    """Write a figure of `graph_figure` to `path`, a PNG or an SVG as its suffix says."""
     path = pathlib.Path(path)
     if path.suffix.lower() not in (".png", ".svg"):
-        raise ValueError(f"draw_graph: cannot write {str(path)!r}: the callback graph is drawn "
-                         "as PNG or SVG; give a path ending in .png or .svg")
-    save_figure(graph_figure(graph, groups), path)
+        raise ValueError(f"cannot write {str(path)!r}: the callback graph is drawn as PNG or "
+                         "SVG; give a path ending in .png or .svg")
+    save_figure(fig, path)
     return path
 
 
@@ -72,8 +77,10 @@ def graph_figure(graph: CallbackGraph, groups: Mapping[str, str] | None = None) 
     for w in widths:
         xs.append(x + w / 2)
         x += w + GAP
-    key_w = LEFT + sum(_width(text, SMALL) + 0.75 for _, text in KEY)
-    width = max(x, key_w, 4.0)
+    title, subtitle = _titles(graph, len(edges))
+    key_w = sum(_width(text, SMALL) + 0.95 for _, text in KEY)
+    width = max(x, LEFT + key_w, LEFT + _width(title, SIZE) * 1.05,
+                LEFT + _width(subtitle, SMALL), 4.0) + LEFT
     height = TOP + ROW * max(len(graph.order), 1) + 0.2
     fig, ax = new_figure(width=width, height=height, dpi=150)
     fig.set_layout_engine("none")
@@ -81,7 +88,7 @@ def graph_figure(graph: CallbackGraph, groups: Mapping[str, str] | None = None) 
     ax.set_xlim(0, width)
     ax.set_ylim(-height, 0)
     ax.set_axis_off()
-    _key(ax, graph, len(edges))
+    _key(ax, title, subtitle)
     fills = {g: GROUP_FILLS[k % len(GROUP_FILLS)]
              for k, g in enumerate(dict.fromkeys(groups.values()))}
     for k, i in enumerate(graph.order):
@@ -148,19 +155,26 @@ def _tracks(edges: tuple[Edge, ...], row: dict[int, int]) -> list[list[int]]:
     return tracks
 
 
-def _key(ax, graph: CallbackGraph, drawn: int) -> None:
+def _titles(graph: CallbackGraph, drawn: int) -> tuple[str, str]:
     n, total = len(graph.order), len(graph.edges)
-    implied = (f"; {total - drawn} more follow{'s' * (total - drawn == 1)} from them "
-               "(fp.explain lists every reason)")
-    ax.text(LEFT, -0.3, f"Callback graph: {n} callback{'s' * (n != 1)} in run order, top to "
-            f"bottom; {drawn} edge{'s' * (drawn != 1)}" + (implied if drawn < total else ""),
-            family=FONT, size=SIZE, weight="bold", va="center")
+    title = f"Callback graph: {n} callback{'s' * (n != 1)} in run order, top to bottom"
+    subtitle = f"{drawn} edge{'s' * (drawn != 1)}"
+    if drawn < total:
+        subtitle += (f"; {total - drawn} more follow{'s' * (total - drawn == 1)} from them "
+                     "(fp.explain lists every reason)")
+    return title, subtitle
+
+
+def _key(ax, title: str, subtitle: str) -> None:
+    """The titles, and a sample of each kind of edge."""
+    ax.text(LEFT, -0.28, title, family=FONT, size=SIZE, weight="bold", va="center")
+    ax.text(LEFT, -0.53, subtitle, family=FONT, size=SMALL, va="center")
     x = LEFT
     for kind, text in KEY:
         colour, style = STYLES[kind]
-        ax.plot([x, x + 0.45], [-0.62, -0.62], color=colour, linestyle=style, lw=1.4)
-        ax.text(x + 0.55, -0.62, text, family=FONT, size=SMALL, color=colour, va="center")
-        x += 0.75 + _width(text, SMALL)
+        ax.plot([x, x + 0.45], [-0.85, -0.85], color=colour, linestyle=style, lw=1.4)
+        ax.text(x + 0.55, -0.85, text, family=FONT, size=SMALL, color=colour, va="center")
+        x += 0.95 + _width(text, SMALL)
 
 
 def _box(ax, k: int, box_w: float, label: tuple[str, str], fill: str, unsafe: bool) -> None:
