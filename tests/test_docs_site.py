@@ -73,3 +73,14 @@ def test_code_cut_off_at_the_columns_edge_is_caught(site, tmp_path):
     copy, html = broken_copy(site, tmp_path, "state-and-permissions", STYLES)
     report: PageReport = check_page(copy, html, tmp_path, tmp_path, first_screen=False)
     assert any(line.startswith("L1Penalty may not write learner.batch.loss") for line in report.cut)
+
+
+def test_the_reference_documents_fluxpys_own_words(site):
+    reference = (site / "reference" / "index.html").read_text(encoding="utf-8")
+    # Class attributes (CSVBackend.HEADER, LearningRate.key) are not documented with
+    # Python's docstrings of tuple and str.
+    assert "Built-in immutable sequence" not in reference
+    assert "str(object=" not in reference
+    # explain is the function, documented once, not its module.
+    assert reference.count('id="fluxpy.explain.explain"') == 1
+    assert 'id="fluxpy.explain"' not in reference
