@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch first, pinned: the CPU wheel on this machine kind; any looser spec pulls CUDA builds.
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint docs serve-docs bench gpu-check clean
+.PHONY: demo test lint docs serve-docs docs-check bench gpu-check clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,11 +26,17 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check fluxpy tests benchmarks examples docs
 
+# NO_MKDOCS_2_WARNING: mkdocs-material prints an end-of-life banner on every build without it.
 docs: $(VENV)/.installed
-	$(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 serve-docs: $(VENV)/.installed
-	$(BIN)/mkdocs serve
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
+# Builds the site and checks every page in headless Chromium (from the system's packages):
+# diagrams drawn without a network, nothing cut off; screenshots in build/site-shots/.
+docs-check: $(VENV)/.installed
+	$(BIN)/python docs/check_site.py
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m pip install -q -e ".[bench]"

@@ -100,7 +100,7 @@ from .engine.loop import epoch, run_epoch, run_step, step, update_parameters
 from .explain import explain
 from .learner import FitResult, Learner
 from .lrfind import lr_find
-from .plots import plot_history
+from .plots import plot_graph, plot_history
 from .support.accuracy import accuracy, error_rate, top_k_accuracy
 from .support.checkpoint import load_checkpoint, save_checkpoint, unwrap_model
 from .support.checkpoint_encoding import register_checkpoint_class
@@ -212,6 +212,7 @@ __all__ = [
     "lr_find",
     "on",
     "one_cycle",
+    "plot_graph",
     "plot_history",
     "produces",
     "rank_zero_only",

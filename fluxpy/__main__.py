@@ -9,8 +9,10 @@ USAGE = """\
 usage: fluxpy <command>
 
 commands:
-  demo      train a small MLP on generated spirals, showing the callback plan,
-            progress bars, the metrics table and the final metrics (about 10 s)
+  demo      two callbacks that both write the loss, refused before training with
+            the error and its fix; then the fix, the callback plan, training a small
+            MLP on generated spirals (progress bars, the metrics table) and
+            history.png and graph.png saved in fluxpy-demo/ (about 15 s)
 
 options:
   -h, --help  show this message

@@ -1,23 +1,37 @@
 """The demo behind `python -m fluxpy demo`: three interleaved spirals learned by a small MLP.
 
-The data is generated with numpy (nothing is downloaded). The demo prints the callback plan
-(`fp.explain`), trains with progress bars and the metrics table, then shows the learned
-decision regions as text and a summary.
+The data is generated with numpy (nothing is downloaded). The demo first shows what no other
+training library does: two callbacks that both write the loss are refused before any training
+step, with an error naming both and the fix; then it declares the fix (`resolveconflict`),
+prints the callback plan (`fp.explain`), trains with progress bars and the metrics table,
+shows the learned decision regions as text and a summary, and saves `history.png` and
+`graph.png`.
 """
 
 from __future__ import annotations
 
+import inspect
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 import torch
 
 from .callbacks import Metrics, MetricsPrinter, ProgressPrinter
+from .core.errors import WriteConflictError
 from .core.phases import TrainingPhase, ValidationPhase
+from .demo_penalties import (
+    ConfidencePenalty,
+    L2Penalty,
+    declare_penalties_commute,
+    penalties_commute,
+)
 from .explain import explain
 from .learner import Learner
+from .plots import plot_graph, plot_history
 
 __all__ = ["accuracy", "run_demo", "spirals"]
 
@@ -69,25 +83,27 @@ def _regions(model: torch.nn.Module, points: np.ndarray, labels: np.ndarray,
 
 
 def run_demo(epochs: int = 15, n_per_class: int = 3000, out: TextIO | None = None,
-             progress: Any = None) -> dict[str, float]:
-    """Train the spiral classifier, printing as it goes; returns the final metrics.
+             progress: Any = None, folder: str | os.PathLike = "fluxpy-demo") -> dict[str, float]:
+    """Show a conflict caught before training, fix it, train; returns the final metrics.
 
     Args:
         epochs: epochs to train.
         n_per_class: points per spiral arm (a fifth of them are held out for validation).
         out: where the text goes (default `sys.stdout`).
         progress: where the progress bars go (default `sys.stderr`).
+        folder: where `history.png` and `graph.png` are saved (created if needed).
     """
     out = out or sys.stdout
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a model this small trains faster on one thread than on several
     try:
-        return _train(epochs, n_per_class, out, progress)
+        return _train(epochs, n_per_class, out, progress, Path(folder))
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(epochs: int, n_per_class: int, out: TextIO, progress: Any) -> dict[str, float]:
+def _train(epochs: int, n_per_class: int, out: TextIO, progress: Any,
+           folder: Path) -> dict[str, float]:
     torch.manual_seed(0)
     points, labels = spirals(n_per_class)
     cut = len(labels) * 4 // 5
@@ -99,13 +115,15 @@ def _train(epochs: int, n_per_class: int, out: TextIO, progress: Any) -> dict[st
         torch.nn.Linear(64, 3),
     )
     n_params = sum(p.numel() for p in model.parameters())
-    learner = Learner(
-        model, torch.nn.functional.cross_entropy, data=(train, valid),
-        optimizer=lambda params: torch.optim.Adam(params, lr=3e-3),
-        callbacks=[Metrics(accuracy), ProgressPrinter(enabled=True, file=progress),
-                   MetricsPrinter(file=out)],
-        device="cpu",
-    )
+
+    def make_learner() -> Learner:
+        return Learner(
+            model, torch.nn.functional.cross_entropy, data=(train, valid),
+            optimizer=lambda params: torch.optim.Adam(params, lr=3e-3),
+            callbacks=[L2Penalty(1e-5), ConfidencePenalty(0.02), Metrics(accuracy),
+                       ProgressPrinter(enabled=True, file=progress), MetricsPrinter(file=out)],
+            device="cpu",
+        )
 
     def say(text: str = "") -> None:
         print(text, file=out, flush=True)
@@ -115,11 +133,30 @@ def _train(epochs: int, n_per_class: int, out: TextIO, progress: Any) -> dict[st
         "(generated with numpy, seed 0)")
     say(f"  model: MLP 2 -> 64 -> 64 -> 3 ({n_params} parameters), cross-entropy loss, "
         "Adam lr 3e-3, batches of 32")
+    say("  extra: L2Penalty(1e-5) adds the squared weights to the loss; ConfidencePenalty(0.02)")
+    say("         subtracts the predictions' entropy. Both write learner.batch.loss.")
     say()
-    say("The callback plan (fp.explain(learner)):")
+    say("1. A conflict, caught before training. fp.Learner(..., callbacks=[L2Penalty(1e-5),")
+    say("   ConfidencePenalty(0.02), ...]) builds the callback graph and refuses it:")
+    say()
+    try:
+        make_learner()
+    except WriteConflictError as error:
+        say(_indented(f"fp.WriteConflictError: {error}"))
+    else:  # the fix was declared by an earlier run in this process
+        say("   (no error: penalties_commute was declared by an earlier run in this process)")
+    say()
+    say("2. The fix: both add a term to the loss, so their order does not matter. Declared with")
+    say("   fp.resolveconflict (fluxpy/demo_penalties.py):")
+    say()
+    say(_indented("@fp.resolveconflict.dispatch\n" + inspect.getsource(penalties_commute)))
+    say()
+    declare_penalties_commute()
+    learner = make_learner()
+    say("3. The callback plan (fp.explain(learner)):")
     say(explain(learner))
     say()
-    say(f"Training for {epochs} epochs:")
+    say(f"4. Training for {epochs} epochs (the train loss includes the penalties):")
     start = time.perf_counter()
     result = learner.fit(epochs)
     seconds = time.perf_counter() - start
@@ -139,7 +176,25 @@ def _train(epochs: int, n_per_class: int, out: TextIO, progress: Any) -> dict[st
         f"{final.get('valid accuracy', float('nan')):.1%} (chance: 33.3%), "
         f"trained in {seconds:.1f} s" + (f"; stopped early: {result.stop_reason}"
                                          if result.stopped_early else ""))
+    say(_pictures(learner, folder))
     return final
+
+
+def _pictures(learner: Learner, folder: Path) -> str:
+    """Save the history and the graph as PNGs in `folder`; what was saved, and where."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        plot_history(learner, folder / "history.png")
+        plot_graph(learner, folder / "graph.png")
+    except ImportError as error:
+        return f"Pictures: not drawn ({error})."
+    where = folder.resolve()
+    return (f"Pictures: {where / 'history.png'} (loss and accuracy per epoch, train and "
+            f"valid)\n          {where / 'graph.png'} (the callback graph, fp.plot_graph)")
+
+
+def _indented(text: str) -> str:
+    return "\n".join(f"    {line}".rstrip() for line in text.rstrip().splitlines())
 
 
 def _short(phase: Any) -> str:

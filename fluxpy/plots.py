@@ -1,6 +1,7 @@
 """Plots of a training run, with matplotlib (the optional extra `fluxpy[plot]`).
 
     fig = fp.plot_history(learner, "history.png")
+    fig = fp.plot_graph(learner, "graph.png")
 
 Figures are made with `matplotlib.figure.Figure`, not `pyplot`: no global state, no GUI
 backend, safe in scripts, threads and on headless machines (saving renders with Agg), and a
@@ -13,9 +14,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .core.graph import CallbackGraph
 from .support.figures import new_figure, save_figure
+from .support.graph_picture import graph_figure, save_graph_figure
 
-__all__ = ["new_figure", "phase_label", "plot_history", "save_figure"]
+__all__ = ["new_figure", "phase_label", "plot_graph", "plot_history", "save_figure"]
 
 _SHORT = {"TrainingPhase": "train", "ValidationPhase": "valid"}
 
@@ -52,4 +55,34 @@ def plot_history(learner: Any, path: str | os.PathLike | None = None) -> Any:
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend()
     save_figure(fig, path)
+    return fig
+
+
+def plot_graph(learner_or_graph: Any, path: str | os.PathLike | None = None) -> Any:
+    """plot_graph(learner_or_graph, path=None) -> matplotlib Figure
+
+    The callback graph as a picture: the callbacks numbered in run order, top to bottom, and
+    each edge an arc labelled with its reason, coloured by where the order comes from
+    (declared by `runafter` or `RunFirst`, inferred from state, or the given order of a
+    `NoConflict` pair). Edges that follow from longer paths are left out and counted in the
+    title (`fp.explain` tells every reason). A learner's group members are shaded and tagged
+    with their group; unsafe callbacks are framed in red. Drawn with matplotlib alone: no
+    Graphviz, no network.
+
+    Args:
+        learner_or_graph: a `Learner` (or the text `fp.explain` returns), or a
+            `CallbackGraph` from `fp.build_graph(callbacks)`.
+        path: where to save it, a `.png` or an `.svg` file (none: not saved).
+    """
+    graph = getattr(learner_or_graph, "graph", learner_or_graph)
+    if not isinstance(graph, CallbackGraph):
+        raise TypeError(f"plot_graph draws a Learner's callback graph or a CallbackGraph "
+                        f"(fp.build_graph(callbacks)), not {type(learner_or_graph).__name__}")
+    groups = getattr(learner_or_graph, "groups", {})  # id(member) -> its group
+    name = {id(cb): graph.names[i] for i, cb in enumerate(graph.callbacks)}
+    members = {name[id(cb)]: name[id(groups[id(cb)])] for cb in graph.callbacks
+               if id(cb) in groups}
+    fig = graph_figure(graph, members)
+    if path is not None:
+        save_graph_figure(fig, path)
     return fig

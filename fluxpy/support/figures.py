@@ -10,14 +10,15 @@ __all__ = ["new_figure", "save_figure"]
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, *, width: float = 6.0, height: float = 4.0,
-               squeeze: bool = True) -> tuple[Any, Any]:
-    """A `(figure, axes)` pair of `nrows` x `ncols` subplots, each `width` x `height` inches."""
+               squeeze: bool = True, dpi: float = 100.0) -> tuple[Any, Any]:
+    """A `(figure, axes)` pair of `nrows` x `ncols` subplots, each `width` x `height` inches,
+    saved at `dpi` dots per inch."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
         raise ImportError("fluxpy's plots need matplotlib: pip install 'fluxpy[plot]' "
                           "(or pip install matplotlib)") from None
-    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained", dpi=dpi)
     axes = fig.subplots(nrows, ncols, squeeze=squeeze)
     return fig, axes
 
