@@ -98,6 +98,7 @@ from .support.checkpoint import load_checkpoint, save_checkpoint
 from .support.checkpoint_encoding import register_checkpoint_class
 from .support.distributed import RankZeroOnly, init_distributed, is_rank_zero, rank_zero_only
 from .support.schedules import concat, cosine, linear, one_cycle, warmup
+from .support.strategies import DDP, FSDP
 
 __version__ = "0.1.0"
 
@@ -126,12 +127,14 @@ __all__ = [
     "ConditionalCallback",
     "CustomCallback",
     "CycleError",
+    "DDP",
     "EarlyStopping",
     "EpochBegin",
     "EpochEnd",
     "Event",
     "Every",
     "Executor",
+    "FSDP",
     "FitBegin",
     "FitEnd",
     "FitResult",
