@@ -147,8 +147,10 @@ def load_sharded(learner, path: Path) -> Path:
         target["grads"] = {name: torch.zeros_like(params[name]) for name in grads
                            if name in params}
     try:
-        dcp.load(target, storage_reader=dcp.FileSystemReader(path),
-                 no_dist=not torch.distributed.is_initialized())
+        with warnings.catch_warnings():  # DCP warns that no process group means one process
+            warnings.filterwarnings("ignore", "torch.distributed is disabled")
+            dcp.load(target, storage_reader=dcp.FileSystemReader(path),
+                     no_dist=not torch.distributed.is_initialized())
     except Exception as exc:
         raise CheckpointError(path, f"could not be loaded: torch.distributed.checkpoint failed "
                               f"with {type(exc).__name__}: {str(exc).splitlines()[0]}. The "
