@@ -184,3 +184,14 @@ def test_a_rank_killed_mid_save_leaves_the_previous_checkpoint_loadable(tmp_path
     learner = worker.learner(False, optimizer=worker.adam)
     assert fp.load_checkpoint(learner, folder) == folder / "epoch-0001.pt"
     assert worker.weights(learner) == ranks(tmp_path, "killed")[0]["weights"]
+
+
+def test_the_fsdp_example_prints_what_the_tutorial_shows(tmp_path):
+    root = Path(__file__).parents[2]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+           str(root / "examples" / "train_fsdp.py"), str(tmp_path / "checkpoints")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout == (root / "examples" / "outputs" / "fsdp-2proc.txt").read_text()

@@ -83,3 +83,24 @@ def test_a_sharded_checkpoint_in_one_process_round_trips(world_of_one, tmp_path)
             p.zero_()
     fp.load_checkpoint(learner, tmp_path / "ck.pt")
     assert all(torch.equal(a, p.full_tensor()) for a, p in zip(weights, learner.model.parameters()))
+
+
+def test_mixed_precision_under_fsdp_trains_as_in_one_process(world_of_one):
+    data = [(torch.randn(4, 3), torch.randn(4, 1)) for _ in range(3)]
+
+    def trained(distributed) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        learner = fp.Learner(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1)),
+                             F.mse_loss, data=(data, None), optimizer=sgd,
+                             use_default_callbacks=False, distributed=distributed,
+                             callbacks=[fp.MixedPrecision(torch.bfloat16)])
+        learner.fit(2)
+        return [p.full_tensor() if isinstance(p, dist.tensor.DTensor) else p.detach()
+                for p in learner.model.parameters()]
+
+    sharded = trained(fp.FSDP(shard=(torch.nn.Linear,)))
+    plain = trained(False)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(sharded, plain))
+    torch.manual_seed(0)
+    untrained = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1))
+    assert not torch.allclose(sharded[0], untrained[0].weight.detach())
