@@ -32,7 +32,19 @@ user. Then:
   clipping) see the synchronised, averaged gradients. `GradientAccumulation` turns the
   all-reduce off for the forward and backward of its intermediate steps (what
   `model.no_sync()` does), so the update step all-reduces the accumulated gradients once.
-- `fp.explain` and the callback graph are the same as in one process.
+- `fp.explain` and the callback graph are the same as in one process; `explain` adds a line
+  saying how the model is distributed.
+
+`distributed=fp.DDP(**options)` passes options to `DistributedDataParallel`.
+`distributed=fp.FSDP(...)` shards the model with FSDP2 instead of wrapping it
+(`fluxpy.support.strategies`): `learner.model` stays the user's model, its parameters become
+`DTensor` shards, the optimizer is built from them (a factory is required), and everything
+above (data, metrics, stops, limits) is the same. Under FSDP `GradientAccumulation` keeps the
+gradients in sync at every step (`set_gradient_sync` leaves an FSDP model alone): they
+accumulate in their shards, so a short last group and a checkpoint inside a group need no
+gradients that FSDP holds outside the parameters. After each validation epoch the gathered
+parameters are freed (`reshard`). Checkpoints are sharded folders written by every rank
+(`fluxpy.support.checkpoint_sharded`).
 
 Stopping together. A rank that left `fit` alone would leave the others waiting forever in the
 next gradient all-reduce. So under DDP a `CancelFitException` raised by a handler (early

@@ -39,6 +39,10 @@ the shuffling after a resume is the uninterrupted run's).
 
 After loading one, the next `fit` first finishes that epoch, from the next batch on.
 
+A learner whose model is sharded with FSDP writes a folder of that name instead, with the
+model's and optimizer's shards written by every rank through `torch.distributed.checkpoint`
+and the rest of this dict in it as `fluxpy.pt` (`fluxpy.support.checkpoint_sharded`).
+
 It loads with `torch.load(weights_only=True)`: no pickled code. Encoded values hold only None,
 bools, numbers, strings, bytes, tensors, and lists, tuples, sets and dicts with str or int keys
 of those. Anything else is a tagged dict, `{"__fluxpy__": kind, ...}`:
