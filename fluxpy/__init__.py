@@ -107,6 +107,7 @@ from .support.checkpoint_encoding import register_checkpoint_class
 from .support.distributed import RankZeroOnly, init_distributed, is_rank_zero, rank_zero_only
 from .support.schedules import concat, cosine, linear, one_cycle, warmup
 from .support.seeding import seed_everything
+from .support.strategies import DDP, FSDP
 
 __version__ = "0.1.0"
 
@@ -135,12 +136,14 @@ __all__ = [
     "ConditionalCallback",
     "CustomCallback",
     "CycleError",
+    "DDP",
     "EarlyStopping",
     "EpochBegin",
     "EpochEnd",
     "Event",
     "Every",
     "Executor",
+    "FSDP",
     "FitBegin",
     "FitEnd",
     "FitResult",

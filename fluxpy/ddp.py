@@ -32,7 +32,19 @@ user. Then:
   clipping) see the synchronised, averaged gradients. `GradientAccumulation` turns the
   all-reduce off for the forward and backward of its intermediate steps (what
   `model.no_sync()` does), so the update step all-reduces the accumulated gradients once.
-- `fp.explain` and the callback graph are the same as in one process.
+- `fp.explain` and the callback graph are the same as in one process; `explain` adds a line
+  saying how the model is distributed.
+
+`distributed=fp.DDP(**options)` passes options to `DistributedDataParallel`.
+`distributed=fp.FSDP(...)` shards the model with FSDP2 instead of wrapping it
+(`fluxpy.support.strategies`): `learner.model` stays the user's model, its parameters become
+`DTensor` shards, the optimizer is built from them (a factory is required), and everything
+above (data, metrics, stops, limits) is the same. Under FSDP `GradientAccumulation` keeps the
+gradients in sync at every step (`set_gradient_sync` leaves an FSDP model alone): they
+accumulate in their shards, so a short last group and a checkpoint inside a group need no
+gradients that FSDP holds outside the parameters. After each validation epoch the gathered
+parameters are freed (`reshard`). Checkpoints are sharded folders written by every rank
+(`fluxpy.support.checkpoint_sharded`).
 
 Stopping together. A rank that left `fit` alone would leave the others waiting forever in the
 next gradient all-reduce. So under DDP a `CancelFitException` raised by a handler (early
@@ -93,6 +105,7 @@ from .support.distributed import (
     world_size,
 )
 from .support.sharding import shard
+from .support.strategies import DDP, FSDP, reshard, shard_model
 
 __all__ = ["DistributedTraining"]
 
@@ -101,7 +114,10 @@ class DistributedTraining:
     """`learner.ddp` under DDP (`None` otherwise): the learner calls `setup` when it is built,
     `begin_fit` at the start of `fit` and `epoch` for each epoch."""
 
-    def __init__(self) -> None:
+    def __init__(self, how: DDP | FSDP) -> None:
+        self.how = how  # the options the model was distributed with
+        # under FSDP, the submodules sharded before the root (else None)
+        self.sharded: list[str] | None = [] if isinstance(how, FSDP) else None
         self.reason: str | None = None  # this rank's stop request, until the ranks agree
         self._shards: dict[tuple[int, bool], tuple[Any, Any]] = {}
         self._epochs: dict[Phase, int] = {}
@@ -109,20 +125,30 @@ class DistributedTraining:
         self._hooked: tuple[torch.optim.Optimizer, Any] | None = None
 
     @classmethod
-    def setup(cls, learner: Any, distributed: bool | None,
-              device: Any) -> DistributedTraining | None:
-        """Join the process group and wrap `learner.model` when `distributed` says so (`None`:
-        under torchrun with more than one rank, or in an initialised group of more than one);
-        sets `learner.device`. `device` is what the user passed to the learner."""
+    def setup(cls, learner: Any, distributed: bool | DDP | FSDP | None, device: Any,
+              optimizer: Any) -> DistributedTraining | None:
+        """Join the process group and wrap or shard `learner.model` when `distributed` says so
+        (`None`: DDP under torchrun with more than one rank, or in an initialised group of
+        more than one); sets `learner.device`. `device` and `optimizer` are what the user passed
+        to the learner, which builds the optimizer after this (FSDP replaces the parameters)."""
         if distributed is None:
             distributed = (launched_by_torchrun() and world_size() > 1) or is_distributed()
         if not distributed:
             return None
+        how = distributed if isinstance(distributed, (DDP, FSDP)) else DDP()
+        if isinstance(how, FSDP) and isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                "Learner(distributed=fp.FSDP(...)) needs an optimizer factory, not an "
+                f"optimizer instance ({type(optimizer).__name__}): FSDP replaces the model's "
+                "parameters by their shards, so the optimizer must be built after sharding. "
+                f"Pass e.g. optimizer=lambda params: torch.optim.{type(optimizer).__name__}"
+                "(params, lr=...)."
+            )
         if not (launched_by_torchrun() or torch.distributed.is_initialized()):
             raise ValueError(
-                "Learner(distributed=True): this process was not started by torchrun "
-                "(WORLD_SIZE, RANK, LOCAL_RANK are unset) and no process group is initialised. "
-                "Launch with `torchrun --nproc_per_node=N script.py`, call "
+                f"Learner(distributed={distributed!r}): this process was not started by "
+                "torchrun (WORLD_SIZE, RANK, LOCAL_RANK are unset) and no process group is "
+                "initialised. Launch with `torchrun --nproc_per_node=N script.py`, call "
                 "torch.distributed.init_process_group first, or pass distributed=None."
             )
         wanted = None if device is None else torch.device(device)
@@ -134,11 +160,32 @@ class DistributedTraining:
                 torch.cuda.set_device(wanted)
             learner.device = wanted
         model = learner.model
-        if not isinstance(model, DistributedDataParallel):
+        training = cls(how)
+        if isinstance(how, FSDP):
+            training.sharded = shard_model(model, how, learner.device)
+        elif not isinstance(model, DistributedDataParallel):
             model.to(learner.device)
             ids = [learner.device.index] if learner.device.type == "cuda" else None
-            learner.model = DistributedDataParallel(model, device_ids=ids)
-        return cls()
+            learner.model = DistributedDataParallel(model, device_ids=ids, **how.options)
+        return training
+
+    def describe(self) -> str:
+        """How the model is distributed, for `fp.explain`."""
+        n = world_size()
+        if isinstance(self.how, FSDP):
+            inner = (f"on {len(self.sharded)} submodule(s) ({_few(self.sharded)}), then the "
+                     "root" if self.sharded else "on the root only")
+            precision = ("" if self.how.mixed_precision is None
+                         else f"; mixed precision {self.how.mixed_precision}")
+            return (f"FSDP over {n} ranks: fully_shard {inner}; each rank holds 1/{n} of the "
+                    "parameters, gradients and optimizer state"
+                    f"{'; resharded after forward' if self.how.reshard_after_forward else ''}"
+                    f"{precision}. Checkpoints are sharded folders "
+                    "(torch.distributed.checkpoint), written by every rank.")
+        options = ", ".join(f"{k}={v!r}" for k, v in self.how.options.items())
+        return (f"DDP over {n} ranks: the model replicated on each, gradients all-reduced in "
+                f"backward{f' ({options})' if options else ''}. Checkpoints are one file, "
+                "written by rank 0.")
 
     def begin_fit(self, learner: Any, plan: Sequence[tuple[Phase, Any]]) -> list[tuple[Phase, Any]]:
         """Shard the data of `plan` (and `learner.data`), and hook the optimizer's step to
@@ -168,6 +215,8 @@ class DistributedTraining:
         if callable(getattr(sampler, "set_epoch", None)):
             sampler.set_epoch(self._epoch_number(learner, phase))
         epoch(learner, phase, data)
+        if self.sharded is not None:
+            reshard(learner.model)
         self._epochs[phase] = self._epochs.get(phase, 0) + 1
         self.agree_on_stop()
 
@@ -234,6 +283,10 @@ class DistributedTraining:
         if history is not None and phase in history:
             return history[phase].epochs
         return self._epochs.get(phase, 0)
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 class _AgreedStop(CancelFitException):

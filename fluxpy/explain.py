@@ -135,6 +135,12 @@ def explain(learner, phases: Sequence[Phase] | None = None, *, empty: bool = Fal
         lines.append("Periodic work (when it runs):")
         lines += _aligned(periodic, indent=2)
 
+    distributed = getattr(learner, "ddp", None)
+    if distributed is not None:
+        lines.append("")
+        lines.append("Distributed (how the model is spread over the ranks):")
+        lines.append(f"  {distributed.describe()}")
+
     lines.append("")
     lines += _why(graph)
     return Explanation("\n".join(lines), graph)

@@ -72,6 +72,7 @@ from .explain import GraphReport, graph_report
 from .support.compiling import compile_model
 from .support.devices import resolve_device
 from .support.distributed import runs_on_this_rank
+from .support.strategies import DDP, FSDP
 
 __all__ = ["FitResult", "Learner"]
 
@@ -117,7 +118,9 @@ class Learner:
             `torchrun` with more than one process, `True` requires it, `False` leaves it to
             you. Under DDP `device=None` means `cuda:LOCAL_RANK` (or the CPU), `learner.model`
             is the DDP wrapper (`learner.model.module` the plain model) and `learner.ddp` is
-            set (else `None`).
+            set (else `None`). `fp.DDP(**options)` gives DDP options; `fp.FSDP(...)` shards
+            the model with FSDP2 instead (`fluxpy.support.strategies`; the optimizer must then
+            be a factory) and checkpoints become sharded folders.
         strict: check that no handler changes, in place, a tensor, module or optimizer its
             callback may only read (see `fluxpy.core.strict`); a change is an `fp.ProtectedError`
             naming the callback, the handler and the path. Costs a copy of what each handler
@@ -149,7 +152,7 @@ class Learner:
         use_default_callbacks: bool = True,
         executor: Executor | None = None,
         device: Any = None,
-        distributed: bool | None = None,
+        distributed: bool | DDP | FSDP | None = None,
         strict: bool = False,
         compile: bool | dict = False,
     ) -> None:
@@ -169,10 +172,10 @@ class Learner:
         self.loss_fn = loss_fn
         self.device = resolve_device(device)
         self.data: Data | None = as_data(data)
-        self.optimizer = make_optimizer(optimizer, model)
         if compile is not False:  # the compiled wrapper trains the same parameter tensors
             self.model = compile_model(model, compile, self.device)
-        self.ddp = DistributedTraining.setup(self, distributed, device)
+        self.ddp = DistributedTraining.setup(self, distributed, device, optimizer)
+        self.optimizer = make_optimizer(optimizer, self.model)  # after FSDP replaced parameters
         self.executor: Executor = executor if executor is not None else SerialExecutor()
         self.batch = Batch()
         self.cbstate = State()

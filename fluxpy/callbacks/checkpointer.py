@@ -43,7 +43,9 @@ epoch's `EpochEnd`) is written at `FitEnd`: a job with a time limit resumes wher
 `load_checkpoint(learner, folder)` loads the newest file, epoch or step, and the next `fit`
 first finishes the interrupted epoch (`fluxpy.engine.position`).
 
-Under `torch.distributed` only rank 0 writes and prunes; the other ranks wait for it. Every
+Under `torch.distributed` only rank 0 writes and prunes; the other ranks wait for it. Under
+FSDP every rank writes its shards into the checkpoint, a folder of the same name
+(`fluxpy.support.checkpoint_sharded`), and rank 0 prunes. Every
 rank resumes a mid-epoch checkpoint at the same step of its own shard (the ranks step
 together); what differs between ranks in the middle of an epoch (each rank's running
 `Metrics` means and other callback state, random states, `GradientAccumulation`'s
@@ -74,6 +76,12 @@ from ..core.every import Every
 from ..core.phases import AbstractTrainingPhase, Phase, ValidationPhase
 from ..support.checkpoint import best_scored, checkpoint_files, checkpoint_state, write_checkpoint
 from ..support.checkpoint_ranks import gather_rank_states
+from ..support.checkpoint_sharded import (
+    is_sharded,
+    on_writing_ranks,
+    remove_checkpoint,
+    save_sharded,
+)
 from ..support.distributed import on_rank_zero
 
 __all__ = ["Checkpointer"]
@@ -179,8 +187,12 @@ class Checkpointer(UnsafeCallback):
         return not isinstance(self.every, Every)
 
     def _save(self, epoch: int | str, state: dict) -> None:
-        _remove_leftovers(self.folder)
         name = epoch if isinstance(epoch, str) else f"epoch-{epoch:04d}.pt"
+        if is_sharded(state):  # every rank writes its shards; rank 0 prunes
+            save_sharded(state, self.folder / name)
+            on_rank_zero(lambda: (_remove_leftovers(self.folder), self._prune()))
+            return
+        _remove_leftovers(self.folder)
         write_checkpoint(state, self.folder / name)
         self._prune()
 
@@ -198,7 +210,7 @@ class Checkpointer(UnsafeCallback):
             keep |= {name for _, name in scored[:self.keep_best]}
         for _, path in files:
             if path.name not in keep:
-                path.unlink(missing_ok=True)
+                remove_checkpoint(path)
         self.scores = {n: s for n, s in self.scores.items() if n in keep}
 
     def _score(self, learner) -> float:
@@ -278,9 +290,10 @@ def _checkpointer_epoch_end(event: EpochEnd, phase: Phase, cb: Checkpointer, lea
         cb.scores[f"epoch-{epoch:04d}.pt"] = cb._score(learner)
     cb._pending = None
     if cb._epochs_only and epoch % cb.every == 0:
-        on_rank_zero(lambda: cb._save(epoch, checkpoint_state(learner)))
+        on_writing_ranks(learner, lambda: cb._save(epoch, checkpoint_state(learner)))
     else:
-        cb._pending = (epoch, on_rank_zero(lambda: _copied(checkpoint_state(learner))))
+        cb._pending = (epoch, on_writing_ranks(
+            learner, lambda: _copied(checkpoint_state(learner))))
 
 
 @on.dispatch
@@ -297,14 +310,14 @@ def _checkpointer_step_end(event: StepEnd, phase: AbstractTrainingPhase, cb: Che
         return
     cb._steps = 0
     state = _mid_epoch_state(learner)  # first: data that cannot resume is refused here
-    on_rank_zero(lambda: cb._save(cb._step_name(learner), state))
+    on_writing_ranks(learner, lambda: cb._save(cb._step_name(learner), state))
     cb._last_save = clock()
 
 
 def _take_cut(cb: Checkpointer, learner) -> None:
     """At a step where a limit of `fit` ends a training epoch early, before its `EpochEnd`."""
     state = _mid_epoch_state(learner)  # first: data that cannot resume is refused here
-    cb._cut = (cb._step_name(learner), on_rank_zero(lambda: _copied(state)))
+    cb._cut = (cb._step_name(learner), on_writing_ranks(learner, lambda: _copied(state)))
 
 
 @on.dispatch
@@ -314,9 +327,9 @@ def _checkpointer_fit_end(event: FitEnd, phase: Phase, cb: Checkpointer, learner
     with contextlib.suppress(ValueError):
         learner.position.on_cut.remove(cb._hook)
     if pending is not None:
-        on_rank_zero(lambda: cb._save(*pending))
+        on_writing_ranks(learner, lambda: cb._save(*pending))
     if cut is not None:
-        on_rank_zero(lambda: cb._save(*cut))
+        on_writing_ranks(learner, lambda: cb._save(*cut))
 
 
 def _mid_epoch_state(learner) -> dict:
@@ -359,5 +372,4 @@ def _remove_leftovers(folder: Path) -> None:
     """Delete temporary files of writes that were killed (`.epoch-NNNN.pt.*.tmp`)."""
     for entry in os.scandir(folder):
         if entry.name.startswith(".epoch-") and entry.name.endswith(".tmp"):
-            with contextlib.suppress(OSError):
-                os.unlink(entry.path)
+            remove_checkpoint(Path(entry.path))

@@ -40,6 +40,10 @@ the shuffling after a resume is the uninterrupted run's).
 
 After loading one, the next `fit` first finishes that epoch, from the next batch on.
 
+A learner whose model is sharded with FSDP writes a folder of that name instead, with the
+model's and optimizer's shards written by every rank through `torch.distributed.checkpoint`
+and the rest of this dict in it as `fluxpy.pt` (`fluxpy.support.checkpoint_sharded`).
+
 It loads with `torch.load(weights_only=True)`: no pickled code. Encoded values hold only None,
 bools, numbers, strings, bytes, tensors, and lists, tuples, sets and dicts with str or int keys
 of those. Anything else is a tagged dict, `{"__fluxpy__": kind, ...}`:
@@ -81,19 +85,21 @@ import re
 import secrets
 import types
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import attrs
 import numpy as np
 import torch
+from torch.distributed.checkpoint.state_dict import get_state_dict
 
 from ..core.errors import CheckpointError
 from ..engine.position import generator_state_of, mismatch
 from .checkpoint_encoding import DecodeError, decode, encode, qualified_name
 from .checkpoint_ranks import own_rank_state
 from .compiling import is_compiled, without_compiled_prefix
+from .strategies import is_sharded_model
 
 __all__ = [
     "FORMAT",
@@ -119,12 +125,24 @@ _EPOCH_END_VERSION = 2
 #: `epoch-NNNN.pt` after N rounds, `epoch-NNNN-step-SSSSSS.pt` S steps into the next one.
 CHECKPOINT_NAME = re.compile(r"^epoch-(\d+)(?:-step-(\d+))?\.pt$")
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes zip archives
+#: In a sharded checkpoint's folder: everything but the model's and optimizer's shards.
+SHARDED_META = "fluxpy.pt"
 
 
 def save_checkpoint(learner, path: str | os.PathLike) -> Path:
-    """Write `learner`'s complete training state to `path`, atomically; returns the path."""
+    """Write `learner`'s complete training state to `path`, atomically; returns the path.
+
+    Under FSDP `path` becomes a folder of shards that every rank writes: call it on every
+    rank (`fluxpy.support.checkpoint_sharded`); else it is one file.
+    """
     path = Path(path)
-    write_checkpoint(checkpoint_state(learner), path)
+    state = checkpoint_state(learner)
+    if state.get("sharded"):
+        from .checkpoint_sharded import save_sharded
+
+        save_sharded(state, path)
+    else:
+        write_checkpoint(state, path)
     return path
 
 
@@ -150,15 +168,37 @@ def load_checkpoint(learner, path: str | os.PathLike, *, which: str = "latest") 
                               "Checkpointer's folder; give the folder, or load this file "
                               "without which.")
     file = best_checkpoint(path) if which == "best" else _resolve(path)
+    if file.is_dir():  # a sharded checkpoint (`fluxpy.support.checkpoint_sharded`)
+        from .checkpoint_sharded import load_sharded
+
+        return load_sharded(learner, file)
     state = own_rank_state(_read(file), file)  # under DDP, this rank's part of a mid-epoch one
     state = without_compiled_prefix(state)  # written with a compiled model's keys
+
+    def model_and_optimizer() -> None:
+        model = unwrap_model(learner.model)
+        if is_sharded_model(model):  # a one-file checkpoint into a model sharded with FSDP
+            from .checkpoint_sharded import load_full_into_sharded
+
+            load_full_into_sharded(learner, state)
+            return
+        model.load_state_dict(state["model"])
+        learner.optimizer.load_state_dict(state["optimizer"])
+
+    restore(learner, state, file, model_and_optimizer)
+    return file
+
+
+def restore(learner, state: dict[str, Any], file: Path,
+            model_and_optimizer: Callable[[], None]) -> None:
+    """Check every part of `state` (a checkpoint's dict, this rank's part) against `learner`,
+    then load them; `model_and_optimizer()` loads those two, after the checks."""
     parts = _checked_parts(learner, state, file)
     position = _checked_position(learner, state, file)
     # Callbacks first: their own load_state_dict is their check, undone if it fails; every
     # part after them was checked above and goes in as it is.
     _load_callbacks(parts.callbacks, file)
-    unwrap_model(learner.model).load_state_dict(state["model"])
-    learner.optimizer.load_state_dict(state["optimizer"])
+    model_and_optimizer()
     if parts.scaler is not None:
         learner.scaler.load_state_dict(parts.scaler)
     _restore_cbstate(learner.cbstate, parts.cbstate)
@@ -171,7 +211,6 @@ def load_checkpoint(learner, path: str | os.PathLike, *, which: str = "latest") 
         learner.position.pending = position[0]
         learner.position.generator_state = state.get("data_rng")
         learner.position.schedule = _checked_schedule(state, file)
-    return file
 
 
 def best_checkpoint(folder: str | os.PathLike) -> Path:
@@ -218,12 +257,19 @@ def checkpoint_state(learner) -> dict[str, Any]:
     generator = generator_state_of(getattr(data, "training", None))
     if generator is not None:
         extra["data_rng"] = generator
+    if is_sharded_model(model):  # DTensor shards keyed by name, for torch.distributed.checkpoint
+        extra["sharded"] = True
+        # DTensors cannot be detached under inference_mode (a validation epoch's EpochEnd)
+        with torch.inference_mode(False):
+            model_state, optimizer_state = get_state_dict(model, learner.optimizer)
+    else:
+        model_state, optimizer_state = model.state_dict(), learner.optimizer.state_dict()
     return {
         "format": FORMAT,
         "version": FORMAT_VERSION if mid_epoch else _EPOCH_END_VERSION,
         **extra,
-        "model": model.state_dict(),
-        "optimizer": learner.optimizer.state_dict(),
+        "model": model_state,
+        "optimizer": optimizer_state,
         "optimizer_class": qualified_name(type(learner.optimizer)),
         "scaler": None if learner.scaler is None else learner.scaler.state_dict(),
         "callbacks": {name: encode(cb.state_dict(), f"{name}.state_dict()")
@@ -299,12 +345,13 @@ def checkpoint_files(folder: Path) -> list[tuple[tuple[int, int], Path]]:
     `epoch-NNNN.pt` is `(N, 0)`, `epoch-NNNN-step-SSSSSS.pt` (S steps into the round after
     N) is `(N, S)`.
 
-    Temporary files of interrupted writes (`.epoch-NNNN.pt.*.tmp`) are not among them.
+    A sharded checkpoint is a folder of that name holding `fluxpy.pt`. Temporary files and
+    folders of interrupted writes (`.epoch-NNNN.pt.*.tmp`) are not among them.
     """
     found = []
     for entry in os.scandir(folder):
         match = CHECKPOINT_NAME.match(entry.name)
-        if match and entry.is_file():
+        if match and (entry.is_file() or os.path.isfile(os.path.join(entry.path, SHARDED_META))):
             key = (int(match.group(1)), int(match.group(2) or 0))
             found.append((key, Path(entry.path)))
     return sorted(found)
@@ -360,7 +407,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _resolve(path: Path) -> Path:
-    if path.is_dir():
+    if path.is_dir() and not (path / SHARDED_META).is_file():
         files = checkpoint_files(path)
         if not files:
             raise CheckpointError(path, "holds no checkpoint (no epoch-NNNN.pt file); point "

@@ -257,7 +257,8 @@ def set_gradient_sync(model: torch.nn.Module, enabled: bool) -> None:
     What `DistributedDataParallel.no_sync()` does, split across events: set it off at
     `StepBegin` of the intermediate steps of gradient accumulation (the gradients accumulate
     locally) and on for the step that updates (its backward all-reduces the accumulated
-    gradients). A no-op for a model that is not wrapped in DDP.
+    gradients). A no-op for a model that is not wrapped in DDP (one sharded with FSDP keeps
+    reduce-scattering each backward's gradients into their shards, where they accumulate).
     """
     if isinstance(model, DistributedDataParallel):
         model.require_backward_grad_sync = enabled

@@ -1,0 +1,193 @@
+"""Sharded checkpoints: a model sharded with FSDP is saved by every rank, with
+`torch.distributed.checkpoint` (DCP), into one folder.
+
+    run/checkpoints/epoch-0003.pt/      the checkpoint: a folder, under the usual name
+        .metadata                       DCP's index of the shards (written by rank 0)
+        __0_0.distcp, __1_0.distcp      each rank's shards of "model", "optimizer" (and, in the
+                                        middle of an accumulation group, "grads")
+        fluxpy.pt                       everything else, as in a one-file checkpoint (format,
+                                        callbacks, cbstate, rng, position, "ranks", digest),
+                                        written by rank 0
+
+The model's and optimizer's state are `torch.distributed.checkpoint.state_dict.get_state_dict`'s:
+tensors by parameter name, so DCP can load them at another number of ranks (2 -> 1, 1 -> 2) and
+in a single process without any process group, into a plain model.
+
+Atomic like a file: the ranks write into `.NAME.sharded.tmp`, and rank 0 renames it to `NAME`
+once every rank's shards and `fluxpy.pt` are written and fsynced. A kill at any moment (of any
+rank) leaves the temporary folder, which loading ignores and the next save removes, and the
+previous checkpoints as they were.
+
+`save_sharded(state, path)` is a collective: every rank calls it with its own
+`checkpoint_state`. `load_sharded(learner, path)` checks everything it can before changing the
+learner (model names and shapes from DCP's metadata, the rest as for one file), loads the
+shards into copies, and only then into the learner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+    set_state_dict,
+)
+from torch.utils._pytree import tree_map_only
+
+from ..core.errors import CheckpointError
+from .checkpoint import (
+    SHARDED_META,
+    _checked_parts,
+    _fsync_folder,
+    _read,
+    restore,
+    unwrap_model,
+    write_checkpoint,
+)
+from .checkpoint_ranks import own_rank_state
+from .distributed import on_rank_zero
+from .strategies import is_sharded_model
+
+__all__ = ["is_sharded", "load_full_into_sharded", "load_sharded", "on_writing_ranks",
+           "remove_checkpoint", "save_sharded"]
+
+#: The parts of a state that DCP writes, each rank its shards.
+SHARDED_PARTS = ("model", "optimizer", "grads")
+
+
+def is_sharded(state: dict[str, Any]) -> bool:
+    """Whether `checkpoint_state` gave this state for a model sharded with FSDP."""
+    return state.get("sharded") is True
+
+
+def on_writing_ranks(learner, fn: Callable[[], Any]) -> Any:
+    """`fn()` on every rank when the learner's checkpoints are sharded (each rank writes its
+    shards), else on rank 0 only with the others waiting (`on_rank_zero`)."""
+    if is_sharded_model(unwrap_model(learner.model)):
+        with torch.inference_mode(False):  # DTensors cannot be detached or copied under it
+            return fn()
+    return on_rank_zero(fn)
+
+
+def save_sharded(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write `state` (this rank's `checkpoint_state`) as the folder `path`, atomically.
+
+    A collective: every rank calls it with its own state, at the same point. A folder or file
+    already at `path` is replaced.
+    """
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.sharded.tmp"
+    on_rank_zero(lambda: remove_checkpoint(tmp))
+    shards = {key: state[key] for key in SHARDED_PARTS if state.get(key)}
+    try:
+        dcp.save(shards, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True))
+    except Exception as exc:
+        raise CheckpointError(path, f"could not be written: torch.distributed.checkpoint "
+                              f"failed with {type(exc).__name__}: {exc}. The previous "
+                              "checkpoints are unchanged.") from exc
+    rest = {key: value for key, value in state.items() if key not in SHARDED_PARTS}
+    # What load_checkpoint checks the optimizer by (its kind, groups and hyperparameters);
+    # the model's names and shapes are in DCP's metadata.
+    rest["model"] = {}
+    rest["optimizer"] = {"param_groups": state["optimizer"]["param_groups"], "state": {}}
+    on_rank_zero(lambda: _complete(rest, tmp, path))
+
+
+def _complete(rest: dict[str, Any], tmp: Path, path: Path) -> None:
+    write_checkpoint(rest, tmp / SHARDED_META)
+    _fsync_folder(tmp)
+    old = path.parent / f".{path.name}.old.tmp"
+    if path.exists():
+        os.replace(path, old) if path.is_dir() else path.unlink()
+    os.replace(tmp, path)
+    _fsync_folder(path.parent)
+    remove_checkpoint(old)
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Remove a checkpoint file or folder (or an interrupted write's), if it is there."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def load_sharded(learner, path: Path) -> Path:
+    """Restore `learner` from the sharded checkpoint folder `path`, at any number of ranks,
+    FSDP or not; all or nothing (see the module docstring). Under a process group, every
+    rank calls it."""
+    state = own_rank_state(_read(path / SHARDED_META), path)
+    saved = _saved_tensors(path)
+    state["model"] = {name[len("model."):]: meta for name, meta in saved.items()
+                      if name.startswith("model.")}
+    with warnings.catch_warnings():  # names, shapes, kinds before reading a shard; restore
+        warnings.simplefilter("ignore")  # checks again, and warns, below
+        _checked_parts(learner, state, path)
+    model, optimizer = learner.model, learner.optimizer
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    # Copies, so that the learner changes only once every shard has been read.
+    target = tree_map_only(torch.Tensor, lambda t: t.detach().clone(),
+                           {"model": model_state, "optimizer": optimizer_state})
+    params = dict(unwrap_model(model).named_parameters())
+    grads = [name[len("grads."):] for name in saved if name.startswith("grads.")]
+    if grads:  # names that are not this model's are refused by restore's check below
+        target["grads"] = {name: torch.zeros_like(params[name]) for name in grads
+                           if name in params}
+    try:
+        with warnings.catch_warnings():  # DCP warns that no process group means one process
+            warnings.filterwarnings("ignore", "torch.distributed is disabled")
+            dcp.load(target, storage_reader=dcp.FileSystemReader(path),
+                     no_dist=not torch.distributed.is_initialized())
+    except Exception as exc:
+        raise CheckpointError(path, f"could not be loaded: torch.distributed.checkpoint failed "
+                              f"with {type(exc).__name__}: {str(exc).splitlines()[0]}. The "
+                              "learner is unchanged.", "model") from exc
+    state["grads"] = target.get("grads", {})
+    restore(learner, state, path, lambda: set_state_dict(
+        model, optimizer, model_state_dict=target["model"],
+        optim_state_dict=target["optimizer"]))
+    return path
+
+
+def _saved_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """{DCP key: an empty "meta" tensor of its shape and dtype} of the saved tensors."""
+    try:
+        metadata = dcp.FileSystemReader(path).read_metadata()
+    except Exception as exc:
+        raise CheckpointError(path, f"is damaged: its shards' index (.metadata) cannot be read "
+                              f"({type(exc).__name__}: {exc}). Load an earlier checkpoint.",
+                              "model") from exc
+    return {key: torch.empty(meta.size, dtype=meta.properties.dtype, device="meta")
+            for key, meta in metadata.state_dict_metadata.items()
+            if isinstance(meta, TensorStorageMetadata)}
+
+
+def load_full_into_sharded(learner, state: dict[str, Any]) -> None:
+    """Load a one-file checkpoint's full model and optimizer state into a model sharded with
+    FSDP: each rank keeps its shards of them (every rank reads the file)."""
+    model, optimizer = learner.model, learner.optimizer
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, state["model"], options=options)
+    names = {id(p): name for name, p in model.named_parameters()}
+    index = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    saved = state["optimizer"]
+    by_name = {
+        "state": {index[i]: value for i, value in saved["state"].items()},
+        "param_groups": [{**group, "params": [index[i] for i in group["params"]]}
+                         for group in saved["param_groups"]],
+    }
+    set_optimizer_state_dict(model, optimizer, by_name, options=options)
+

@@ -1,0 +1,150 @@
+"""One rank of the FSDP scenarios that tests/distributed/test_fsdp.py checks.
+
+Run by torchrun with two processes: `fsdp_worker.py OUTDIR SCENARIO...`. Each scenario
+trains a small model sharded with FSDP2 and writes what this rank saw to
+OUTDIR/SCENARIO-rankN.json; the test asserts on those files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+import fluxpy as fp
+
+OUT = Path(sys.argv[1]) if __name__ == "__main__" else Path()
+RANK = int(os.environ.get("RANK", 0))
+
+
+def regression(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.randn(n, 3, generator=g)
+    ys = xs @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.3 + 0.1 * torch.randn(n, 1, generator=g)
+    return xs, ys
+
+
+def batches(n: int, seed: int, size: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    xs, ys = regression(n * size, seed)
+    return [(xs[i:i + size], ys[i:i + size]) for i in range(0, n * size, size)]
+
+
+def validation() -> DataLoader:
+    """10 samples in batches of 3: the ranks get 5 each, in batches of 3 and 2."""
+    return DataLoader(TensorDataset(*regression(10, seed=99)), batch_size=3)
+
+
+def model(dropout: float = 0.0) -> torch.nn.Module:
+    torch.manual_seed(RANK)  # different on each rank: rank 0's weights must be taken
+    return torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Dropout(dropout),
+                               torch.nn.Linear(8, 1))
+
+
+def weights(learner: fp.Learner) -> list[float]:
+    """The full parameters (a collective under FSDP: every rank calls it)."""
+    values = []
+    for p in learner.model.parameters():
+        full = p.full_tensor() if isinstance(p, dist.tensor.DTensor) else p
+        values += full.detach().flatten().tolist()
+    return values
+
+
+def write(scenario: str, **values) -> None:
+    (OUT / f"{scenario}-rank{RANK}.json").write_text(json.dumps(values))
+
+
+def sgd(params):
+    return torch.optim.SGD(params, lr=0.1)
+
+
+def adam(params):
+    return torch.optim.Adam(params, lr=0.01)
+
+
+def learner(distributed, callbacks=(), optimizer=sgd, dropout=0.0, **kwargs) -> fp.Learner:
+    return fp.Learner(model(dropout), F.mse_loss, data=(batches(8, seed=1), validation()),
+                      optimizer=optimizer, callbacks=list(callbacks), distributed=distributed,
+                      use_default_callbacks=False, **kwargs)
+
+
+def train() -> None:
+    """The same data under DDP and FSDP, with clipping, with and without accumulation."""
+    for name, extra in (("plain", []), ("accumulate", [fp.GradientAccumulation(2)])):
+        results = {}
+        for kind, how in (("ddp", fp.DDP()), ("fsdp", fp.FSDP(shard=(torch.nn.Linear,)))):
+            lrn = learner(how, [fp.Recorder(), fp.Metrics(), fp.GradientClipping(0.5), *extra])
+            lrn.fit(2)
+            losses = lrn.cbstate.metricsepoch[fp.ValidationPhase()]["loss"]
+            results[kind] = {"weights": weights(lrn), "valid": [float(v) for v in losses]}
+            if kind == "fsdp":
+                results["explain"] = str(fp.explain(lrn)).split("Distributed")[1].splitlines()
+        write(f"train-{name}", **results)
+
+
+def resume() -> None:
+    """Uninterrupted FSDP run vs. stopped mid-epoch and resumed from its sharded checkpoint."""
+
+    def make(folder: str) -> fp.Learner:
+        return learner(fp.FSDP(shard=(torch.nn.Linear,)), [
+            fp.Recorder(), fp.Metrics(), fp.Checkpointer(OUT / folder, every=fp.Every(steps=3),
+                                                         keep_last=None)],
+            optimizer=adam, dropout=0.25)
+
+    whole = make("whole")
+    whole.fit(4)
+    first = make("resumed")
+    first.fit(4, max_steps=6)  # 4 steps per epoch per rank: stops 2 steps into epoch 2
+    stopped_at = weights(first)
+    second = make("resumed")
+    fp.load_checkpoint(second, OUT / "resumed")
+    loaded = weights(second)
+    second.fit(3)
+    valid = [second.cbstate.metricsepoch[fp.ValidationPhase()]["loss"],
+             whole.cbstate.metricsepoch[fp.ValidationPhase()]["loss"]]
+    write("resume", whole=weights(whole), resumed=weights(second), stopped_at=stopped_at,
+          loaded=loaded, valid=[[float(v) for v in vs] for vs in valid],
+          files=sorted(os.listdir(OUT / "resumed")))
+
+
+def load_single() -> None:
+    """A one-file checkpoint written by one process loads into an FSDP learner."""
+    lrn = learner(fp.FSDP(), optimizer=adam)
+    fp.load_checkpoint(lrn, OUT / "single.pt")
+    state = lrn.optimizer.state_dict()["state"]
+    write("load_single", weights=weights(lrn),
+          exp_avg=[state[i]["exp_avg"].full_tensor().flatten().tolist() for i in sorted(state)])
+
+
+def killed() -> None:
+    """Rank 1 is killed while it writes its shards of the second checkpoint."""
+    lrn = learner(fp.FSDP(), [fp.Checkpointer(OUT / "killed")], optimizer=adam)
+    lrn.fit(1)
+    write("killed", weights=weights(lrn))
+    if RANK == 1:
+        original = dcp.FileSystemWriter.write_data
+
+        def die(self, *args, **kwargs):
+            os.kill(os.getpid(), signal.SIGKILL)
+            return original(self, *args, **kwargs)
+
+        dcp.FileSystemWriter.write_data = die
+    lrn.fit(1)
+    write("killed-survived")  # never reached: rank 1 dies, torchrun ends rank 0
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    for name in sys.argv[2:]:
+        globals()[name]()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # skip torch's C++ teardown, which aborts now and then (see ddp_worker.py)

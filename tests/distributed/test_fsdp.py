@@ -1,0 +1,197 @@
+"""FSDP2 with two CPU processes (gloo), launched by torchrun, and its sharded checkpoints.
+
+The two processes are started once for the module (`fsdp_worker.py` runs the scenarios in
+turn, a second launch has rank 1 killed while it saves); each test reads what the ranks
+wrote and checks it against DDP, one process, or the checkpoint folders, loaded here in this
+plain process (no process group).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fluxpy as fp
+
+WORKER = Path(__file__).with_name("fsdp_worker.py")
+TIMEOUT = 180
+
+
+def _load_worker():
+    spec = importlib.util.spec_from_file_location("fsdp_worker", WORKER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+worker = _load_worker()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(out: Path, *scenarios: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(WORKER), str(out),
+           *scenarios]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"the two ranks did not finish in {TIMEOUT} s (a hang):\n{output[-4000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, output)
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("fsdp")
+    single = worker.learner(False, optimizer=worker.adam)
+    single.fit(1)
+    fp.save_checkpoint(single, folder / "single.pt")
+    state = single.optimizer.state_dict()["state"]
+    (folder / "single.json").write_text(json.dumps({
+        "weights": worker.weights(single),
+        "exp_avg": [state[i]["exp_avg"].flatten().tolist() for i in sorted(state)]}))
+    done = launch(folder, "train", "resume", "load_single")
+    assert done.returncode == 0, done.stdout[-6000:]
+    return folder
+
+
+def ranks(out: Path, scenario: str) -> list[dict]:
+    return [json.loads((out / f"{scenario}-rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def global_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """What the two ranks see at each step, as one batch: rank r gets batches r, r + 2, ..."""
+    parts = worker.batches(8, seed=1)
+    return [(torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]]))
+            for a, b in zip(parts[0::2], parts[1::2])]
+
+
+def one_process(*extra: fp.Callback) -> fp.Learner:
+    learner = fp.Learner(worker.model(), F.mse_loss, data=(global_batches(), worker.validation()),
+                         optimizer=worker.sgd, use_default_callbacks=False, distributed=False,
+                         callbacks=[fp.Recorder(), fp.Metrics(), fp.GradientClipping(0.5),
+                                    *extra])
+    learner.fit(2)
+    return learner
+
+
+@pytest.mark.parametrize("name", ["plain", "accumulate"])
+def test_fsdp_trains_as_ddp_and_as_one_process_with_the_global_batch(out, name):
+    rank0, rank1 = ranks(out, f"train-{name}")
+    single = one_process(*([fp.GradientAccumulation(2)] if name == "accumulate" else []))
+    expected = worker.weights(single)
+    assert rank0["fsdp"]["weights"] == rank1["fsdp"]["weights"]
+    assert rank0["fsdp"]["weights"] == pytest.approx(rank0["ddp"]["weights"], abs=1e-6)
+    assert rank0["fsdp"]["weights"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_fsdp_validation_loss_is_the_full_sets_on_every_rank(out):
+    rank0, rank1 = ranks(out, "train-plain")
+    assert rank0["fsdp"]["valid"] == rank1["fsdp"]["valid"]
+    single = one_process()
+    assert rank0["fsdp"]["valid"] == pytest.approx(
+        [float(v) for v in single.cbstate.metricsepoch[fp.ValidationPhase()]["loss"]], rel=1e-6)
+    xs, ys = worker.regression(10, seed=99)
+    with torch.no_grad():
+        full = F.mse_loss(single.model(xs), ys).item()
+    assert rank0["fsdp"]["valid"][-1] == pytest.approx(full, rel=1e-6)
+
+
+def test_explain_says_how_the_model_is_sharded(out):
+    line = ranks(out, "train-plain")[0]["explain"][1]
+    assert line == ("  FSDP over 2 ranks: fully_shard on 2 submodule(s) (0, 3), then the root; "
+                    "each rank holds 1/2 of the parameters, gradients and optimizer state; "
+                    "resharded after forward. Checkpoints are sharded folders "
+                    "(torch.distributed.checkpoint), written by every rank.")
+
+
+def test_a_sharded_mid_epoch_checkpoint_resumes_bit_exact_at_two_processes(out):
+    for rank in ranks(out, "resume"):
+        assert rank["loaded"] == rank["stopped_at"]
+        assert rank["resumed"] == rank["whole"]  # exact: Adam, dropout, shuffled nothing
+        assert rank["valid"][0] == rank["valid"][1]
+    assert ranks(out, "resume")[0]["files"] == [
+        "epoch-0000-step-000003.pt", "epoch-0001-step-000002.pt", "epoch-0001.pt",
+        "epoch-0002-step-000001.pt", "epoch-0002-step-000004.pt", "epoch-0003-step-000003.pt",
+        "epoch-0004.pt"]
+
+
+def test_a_sharded_checkpoint_is_a_folder_every_rank_wrote(out):
+    folder = out / "resumed" / "epoch-0004.pt"
+    assert sorted(os.listdir(folder)) == [".metadata", "__0_0.distcp", "__1_0.distcp",
+                                          "fluxpy.pt"]
+
+
+def test_a_two_process_checkpoint_loads_in_one_plain_process_with_its_parameters(out):
+    learner = worker.learner(False, optimizer=worker.adam, dropout=0.25)
+    assert fp.load_checkpoint(learner, out / "whole") == out / "whole" / "epoch-0004.pt"
+    assert worker.weights(learner) == ranks(out, "resume")[0]["whole"]
+    assert learner.optimizer.state_dict()["state"][0]["step"].item() == 16
+    learner.fit(1)  # and trains on
+
+
+def test_a_mid_epoch_sharded_checkpoint_needs_as_many_processes(out):
+    learner = worker.learner(False, optimizer=worker.adam, dropout=0.25)
+    with pytest.raises(fp.CheckpointError, match=r"middle of an epoch by 2 ranks, and this run "
+                                                 r"has 1 rank"):
+        fp.load_checkpoint(learner, out / "resumed" / "epoch-0003-step-000003.pt")
+
+
+def test_a_one_process_checkpoint_loads_into_fsdp_at_two_processes(out):
+    single = json.loads((out / "single.json").read_text())
+    for rank in ranks(out, "load_single"):
+        assert rank["weights"] == single["weights"]
+        assert rank["exp_avg"] == single["exp_avg"]
+
+
+def test_a_sharded_checkpoint_into_a_model_of_another_shape_is_refused(out):
+    wide = fp.Learner(torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(),
+                                          torch.nn.Dropout(0.25), torch.nn.Linear(16, 1)),
+                      F.mse_loss, optimizer=worker.adam, use_default_callbacks=False)
+    before = [p.detach().clone() for p in wide.model.parameters()]
+    with pytest.raises(fp.CheckpointError, match=r"parameter '0.weight' has shape \(8, 3\) in "
+                                                 r"the checkpoint and \(16, 3\) in this "
+                                                 r"learner's model"):
+        fp.load_checkpoint(wide, out / "whole")
+    assert all(torch.equal(a, b) for a, b in zip(before, wide.model.parameters()))
+
+
+def test_a_rank_killed_mid_save_leaves_the_previous_checkpoint_loadable(tmp_path):
+    done = launch(tmp_path, "killed")
+    assert done.returncode != 0
+    assert not (tmp_path / "killed-survived-rank0.json").exists()
+    folder = tmp_path / "killed"
+    assert sorted(os.listdir(folder)) == [".epoch-0002.pt.sharded.tmp", "epoch-0001.pt"]
+    learner = worker.learner(False, optimizer=worker.adam)
+    assert fp.load_checkpoint(learner, folder) == folder / "epoch-0001.pt"
+    assert worker.weights(learner) == ranks(tmp_path, "killed")[0]["weights"]
+
+
+def test_the_fsdp_example_prints_what_the_tutorial_shows(tmp_path):
+    root = Path(__file__).parents[2]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+           str(root / "examples" / "train_fsdp.py"), str(tmp_path / "checkpoints")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout == (root / "examples" / "outputs" / "fsdp-2proc.txt").read_text()
