@@ -42,8 +42,8 @@ def host_snapshot(state: Any) -> Any:
     storages where the originals do; containers are copied, other values kept."""
     snapshot = _Snapshot()
     copy = snapshot.of(state)
-    if any(device.type == "cuda" for device, _ in snapshot.storages):
-        torch.cuda.synchronize()  # the non-blocking copies to pinned memory are done
+    for device in {device for device, _ in snapshot.storages if device.type == "cuda"}:
+        torch.cuda.synchronize(device)  # its non-blocking copies to pinned memory are done
     return copy
 
 
