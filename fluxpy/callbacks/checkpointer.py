@@ -51,6 +51,14 @@ together); what differs between ranks in the middle of an epoch (each rank's run
 `Metrics` means and other callback state, random states, `GradientAccumulation`'s
 unsynchronised gradients) is gathered to rank 0 and saved per rank, and each rank resumes
 its own (`fluxpy.support.checkpoint_ranks`): such a checkpoint resumes with as many ranks.
+
+With `async_save=True` a save copies the state to host memory (pinned for a model on a GPU)
+and a background thread writes the copy, the same way and to the same file, while training
+goes on (`fluxpy.support.async_save`). Before it reads the learner's state again (at the next
+save, or the end of a round) the Checkpointer waits for the write still running, and raises
+its failure there; `FitEnd` waits for the last one and writes the state `fit` stopped at
+itself, so when `fit` returns or raises every file is complete. Under DDP the other ranks
+wait for rank 0's copy, not its write.
 """
 
 from __future__ import annotations
@@ -61,12 +69,10 @@ import math
 import os
 import tempfile
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import attrs
-import torch
 
 from ..core.access import Access, Read
 from ..core.callback import Callback, UnsafeCallback, on, runafter, stateaccess
@@ -74,6 +80,7 @@ from ..core.errors import CheckpointError
 from ..core.events import EpochEnd, FitBegin, FitEnd, StepEnd
 from ..core.every import Every
 from ..core.phases import AbstractTrainingPhase, Phase, ValidationPhase
+from ..support.async_save import BackgroundWriter, host_snapshot
 from ..support.checkpoint import best_scored, checkpoint_files, checkpoint_state, write_checkpoint
 from ..support.checkpoint_ranks import gather_rank_states
 from ..support.checkpoint_sharded import (
@@ -108,6 +115,10 @@ class Checkpointer(UnsafeCallback):
         overwrite: at `FitBegin`, delete the folder's checkpoints beyond this learner's epoch
             (another run's, or the later ones of a run this learner resumed from an earlier
             checkpoint) instead of refusing to mix runs in one folder.
+        async_save: write each checkpoint on a background thread, from a copy of the state in
+            host memory, so a training step waits for the copy only (see above). Keeps a
+            copy of the model and optimizer state in host memory while a file is written.
+            Sharded checkpoints (FSDP) are written by every rank together, synchronously.
 
     It is an `UnsafeCallback`: it reads the whole learner (model, optimizer, scaler, every
     callback's `state_dict()`, `cbstate`), which is what a checkpoint is. Its own state
@@ -123,6 +134,7 @@ class Checkpointer(UnsafeCallback):
     mode: str = "min"
     keep_best: int = 0
     overwrite: bool = False
+    async_save: bool = False
     epoch: int = attrs.field(default=0, init=False)
     scores: dict[str, float] = attrs.field(factory=dict, init=False)
     _phases_ended: int | None = attrs.field(default=None, init=False, repr=False)  # in fit
@@ -133,6 +145,7 @@ class Checkpointer(UnsafeCallback):
     _hook: Any = attrs.field(default=None, init=False, repr=False)  # in position.on_cut
     # (file name, copy of the state) taken where a limit of fit cut a training epoch
     _cut: tuple[str, dict | None] | None = attrs.field(default=None, init=False, repr=False)
+    _writer: BackgroundWriter | None = attrs.field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.every, Every) and self.every.epochs is not None:
@@ -158,6 +171,9 @@ class Checkpointer(UnsafeCallback):
                 "are kept, e.g. Checkpointer(folder, monitor='loss', keep_best=1)"
             )
         _check_writable(self.folder)
+        if self.async_save:
+            self._writer = BackgroundWriter(
+                f"Checkpointer(folder={str(self.folder)!r}, async_save=True)")
 
     def init(self, learner) -> None:
         others = [cb for cb in learner.callbacks if isinstance(cb, Checkpointer)]
@@ -186,15 +202,28 @@ class Checkpointer(UnsafeCallback):
     def _epochs_only(self) -> bool:
         return not isinstance(self.every, Every)
 
-    def _save(self, epoch: int | str, state: dict) -> None:
+    def _save(self, epoch: int | str, state: dict, background: bool = True) -> None:
         name = epoch if isinstance(epoch, str) else f"epoch-{epoch:04d}.pt"
         if is_sharded(state):  # every rank writes its shards; rank 0 prunes
             save_sharded(state, self.folder / name)
             on_rank_zero(lambda: (_remove_leftovers(self.folder), self._prune()))
             return
+        if self._writer is None or not background:
+            self._write(name, state)
+        else:  # the training thread waits for the copy only
+            snapshot = host_snapshot(state)
+            self._writer.submit(lambda: self._write(name, snapshot), self.folder / name)
+
+    def _write(self, name: str, state: dict) -> None:
         _remove_leftovers(self.folder)
         write_checkpoint(state, self.folder / name)
         self._prune()
+
+    def _wait_for_write(self) -> None:
+        """With `async_save`, before the state (`scores` included) is read or changed: wait
+        for the write in progress (it prunes), raise its failure; every rank waits for rank 0."""
+        if self._writer is not None:
+            on_rank_zero(self._writer.wait)
 
     def _step_name(self, learner) -> str:
         return f"epoch-{self.epoch:04d}-step-{learner.position.steps:06d}.pt"
@@ -284,6 +313,7 @@ def _checkpointer_epoch_end(event: EpochEnd, phase: Phase, cb: Checkpointer, lea
     if cb._phases_ended < len(phases):
         return
     cb._phases_ended = 0
+    cb._wait_for_write()
     cb.epoch += 1
     epoch = cb.epoch
     if cb.monitor is not None:
@@ -293,7 +323,7 @@ def _checkpointer_epoch_end(event: EpochEnd, phase: Phase, cb: Checkpointer, lea
         on_writing_ranks(learner, lambda: cb._save(epoch, checkpoint_state(learner)))
     else:
         cb._pending = (epoch, on_writing_ranks(
-            learner, lambda: _copied(checkpoint_state(learner))))
+            learner, lambda: host_snapshot(checkpoint_state(learner))))
 
 
 @on.dispatch
@@ -309,6 +339,7 @@ def _checkpointer_step_end(event: StepEnd, phase: AbstractTrainingPhase, cb: Che
     elif clock() - cb._last_save < every.seconds:
         return
     cb._steps = 0
+    cb._wait_for_write()
     state = _mid_epoch_state(learner)  # first: data that cannot resume is refused here
     on_writing_ranks(learner, lambda: cb._save(cb._step_name(learner), state))
     cb._last_save = clock()
@@ -316,8 +347,9 @@ def _checkpointer_step_end(event: StepEnd, phase: AbstractTrainingPhase, cb: Che
 
 def _take_cut(cb: Checkpointer, learner) -> None:
     """At a step where a limit of `fit` ends a training epoch early, before its `EpochEnd`."""
+    cb._wait_for_write()
     state = _mid_epoch_state(learner)  # first: data that cannot resume is refused here
-    cb._cut = (cb._step_name(learner), on_writing_ranks(learner, lambda: _copied(state)))
+    cb._cut = (cb._step_name(learner), on_writing_ranks(learner, lambda: host_snapshot(state)))
 
 
 @on.dispatch
@@ -326,33 +358,17 @@ def _checkpointer_fit_end(event: FitEnd, phase: Phase, cb: Checkpointer, learner
     cut, cb._cut = cb._cut, None
     with contextlib.suppress(ValueError):
         learner.position.on_cut.remove(cb._hook)
+    cb._wait_for_write()  # the last background write: complete when fit ends
     if pending is not None:
-        on_writing_ranks(learner, lambda: cb._save(*pending))
+        on_writing_ranks(learner, lambda: cb._save(*pending, background=False))
     if cut is not None:
-        on_writing_ranks(learner, lambda: cb._save(*cut))
+        on_writing_ranks(learner, lambda: cb._save(*cut, background=False))
 
 
 def _mid_epoch_state(learner) -> dict:
     """`checkpoint_state`, with every rank's own part under DDP (a collective: every rank
     saves at the same step)."""
     return gather_rank_states(learner, checkpoint_state(learner))
-
-
-def _copied(value: Any) -> Any:
-    """`value` with every tensor copied to the host, so later training does not change it."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        copy = type(value)() if isinstance(value, OrderedDict) else {}
-        copy.update((k, _copied(v)) for k, v in value.items())
-        if hasattr(value, "_metadata"):  # a module state_dict's per-module versions
-            copy._metadata = value._metadata
-        return copy
-    if isinstance(value, list):
-        return [_copied(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_copied(v) for v in value)
-    return value
 
 
 def _check_writable(folder: Path) -> None:
