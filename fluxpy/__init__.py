@@ -45,6 +45,7 @@ from .core.callback import (
     produces,
     resolveconflict,
     runafter,
+    sit_out,
     stateaccess,
 )
 from .core.errors import (
@@ -84,6 +85,7 @@ from .core.phases import (
     AbstractTrainingPhase,
     AbstractValidationPhase,
     Phase,
+    PredictionPhase,
     TrainingPhase,
     ValidationPhase,
 )
@@ -94,10 +96,12 @@ from .explain import explain
 from .learner import FitResult, Learner
 from .lrfind import lr_find
 from .plots import plot_history
+from .support.accuracy import accuracy, error_rate, top_k_accuracy
 from .support.checkpoint import load_checkpoint, save_checkpoint
 from .support.checkpoint_encoding import register_checkpoint_class
 from .support.distributed import RankZeroOnly, init_distributed, is_rank_zero, rank_zero_only
 from .support.schedules import concat, cosine, linear, one_cycle, warmup
+from .support.seeding import seed_everything
 
 __version__ = "0.1.0"
 
@@ -156,6 +160,7 @@ __all__ = [
     "NoConflict",
     "NotDefined",
     "Phase",
+    "PredictionPhase",
     "ProgressPrinter",
     "ProtectedError",
     "RankZeroOnly",
@@ -181,10 +186,12 @@ __all__ = [
     "Write",
     "WriteConflictError",
     "__version__",
+    "accuracy",
     "build_graph",
     "concat",
     "cosine",
     "epoch",
+    "error_rate",
     "explain",
     "fires",
     "fit_one_cycle",
@@ -204,9 +211,12 @@ __all__ = [
     "run_step",
     "runafter",
     "save_checkpoint",
+    "seed_everything",
+    "sit_out",
     "stateaccess",
     "step",
     "throttle",
+    "top_k_accuracy",
     "update_parameters",
     "warmup",
 ]

@@ -19,7 +19,13 @@ from .core.callback import UnsafeCallback, on
 from .core.events import BUILTIN_EVENTS, TRAINING_EVENTS, VALIDATION_EVENTS, Event, FitBegin, FitEnd
 from .core.every import Every
 from .core.graph import DECLARED, GIVEN_ORDER, STATE, CallbackGraph, Edge, Reason
-from .core.phases import AbstractTrainingPhase, Phase, TrainingPhase, ValidationPhase
+from .core.phases import (
+    AbstractTrainingPhase,
+    Phase,
+    PredictionPhase,
+    TrainingPhase,
+    ValidationPhase,
+)
 from .engine.firing import fires
 
 __all__ = ["Explanation", "explain"]
@@ -46,7 +52,9 @@ def explain(learner, phases: Sequence[Phase] | None = None, *, empty: bool = Fal
     """Describe `learner`'s callbacks, their handlers per phase and event, and the graph.
 
     Args:
-        phases: the phases to show (default: training and validation).
+        phases: the phases to show (default: training and validation); with
+            `fp.PredictionPhase()`, what `predict` and `evaluate` run, `FitBegin` and
+            `FitEnd` included.
         empty: also list the events no handler answers, as `(none)`.
     """
     graph = learner.graph
@@ -76,6 +84,8 @@ def explain(learner, phases: Sequence[Phase] | None = None, *, empty: bool = Fal
     sections = [(Phase(), (FitBegin, FitEnd))]
     for phase in phases:
         kinds = TRAINING_EVENTS if isinstance(phase, AbstractTrainingPhase) else VALIDATION_EVENTS
+        if isinstance(phase, PredictionPhase):  # predict and evaluate fire these in it
+            kinds = (FitBegin, *kinds, FitEnd)
         sections.append((phase, (*kinds, *custom)))
     handlers = []
     for phase, events in sections:

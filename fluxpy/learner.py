@@ -37,6 +37,7 @@ from typing import Any
 import attrs
 import torch
 
+from . import prediction
 from .arguments import flatten_callbacks, make_optimizer, missing_defaults
 from .core.access import Access, Read
 from .core.callback import Callback, UnsafeCallback, resolveconflict, runafter, stateaccess
@@ -50,7 +51,13 @@ from .core.errors import (
 from .core.events import BUILTIN_EVENTS, Event, FitBegin, FitEnd
 from .core.every import Every
 from .core.graph import CallbackGraph, build_graph
-from .core.phases import AbstractTrainingPhase, Phase, TrainingPhase, ValidationPhase
+from .core.phases import (
+    AbstractTrainingPhase,
+    Phase,
+    PredictionPhase,
+    TrainingPhase,
+    ValidationPhase,
+)
 from .core.protect import protect
 from .core.state import Batch, Data, State, as_data
 from .core.strict import checked
@@ -307,6 +314,24 @@ class Learner:
                 stop.epoch_ended = False  # which this validation interrupts, did not end
                 raise
         self.model.train()
+
+    def predict(self, data: Any, *, with_targets: bool = False) -> Any:
+        """The model's outputs over `data`, joined along the first dimension, on the CPU.
+
+        `data` yields `(xs, ys)` pairs or inputs alone (a tensor, or a tuple or list of one).
+        It runs in `fp.PredictionPhase` through the learner's callbacks, as validation does
+        (device, mixed precision, the user's), and leaves the history, metrics, callbacks and
+        the model's train/eval and grad modes as they were (see `fluxpy.prediction`).
+        Outputs stay on the device until the end; tuples, lists and dicts of tensors are
+        joined leaf by leaf. With `with_targets=True`, returns `(preds, targets)`.
+        """
+        return prediction.predict(self, data, with_targets=with_targets)
+
+    def evaluate(self, data: Any) -> dict[str, float]:
+        """The loss and the metrics of the learner's `Metrics` over `data` (`(xs, ys)`
+        batches), as `{"loss": ..., "accuracy": ...}`: means weighted by batch size, computed
+        as in validation (`PredictionPhase`), without touching the training history."""
+        return prediction.evaluate(self, data)
 
     def handle(self, event: Event, phase: Phase) -> None:
         """Fire `event` in `phase`: run the handlers of every callback that has one.
@@ -567,6 +592,7 @@ def _check_ambiguity(graph: CallbackGraph) -> None:
     """Resolve every built-in (event, phase) pair now, so ambiguity fails at build time."""
     for cb in graph.callbacks:
         for event in BUILTIN_EVENTS:
-            phases = (Phase,) if event in (FitBegin, FitEnd) else (TrainingPhase, ValidationPhase)
+            phases = ((Phase, PredictionPhase) if event in (FitBegin, FitEnd)
+                      else (TrainingPhase, ValidationPhase, PredictionPhase))
             for phase in phases:
                 method_for(event, phase, cb)

@@ -12,6 +12,7 @@ from .metrics import Metric, Metrics
 from .mixup import MixUp
 from .nan import StopOnNaNLoss
 from .precision import MixedPrecision
+from .prediction import Predictions
 from .printer import MetricsPrinter
 from .progress import ProgressPrinter
 from .recorder import History, Recorder
@@ -48,6 +49,7 @@ __all__ = [
     "MixUp",
     "MixedPrecision",
     "Momentum",
+    "Predictions",
     "ProgressPrinter",
     "Recorder",
     "SanityCheck",

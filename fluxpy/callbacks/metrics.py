@@ -10,6 +10,10 @@ what it holds.
   accelerator (reading it would sync), a float on the CPU.
 - `learner.cbstate.metricsepoch[phase][name]`: one float per completed epoch.
 
+In `PredictionPhase` (`learner.predict`, `learner.evaluate`) the metrics of validation are
+computed too; steps without a loss (inputs alone) are left out, and the run's entries are
+removed at its `FitEnd`, after `evaluate` has read them: `cbstate` keeps training runs only.
+
 Under distributed training the sums and counts of the means are all-reduced at epoch end (one
 collective per phase and epoch), so every rank records the metrics of the whole data, e.g. the
 validation loss of the full validation set; per-step values stay local. Stateful metrics
@@ -25,8 +29,8 @@ import torch
 
 from ..core.access import Access, Read, Write
 from ..core.callback import Callback, on, produces, stateaccess
-from ..core.events import EpochBegin, EpochEnd, FitBegin, StepEnd
-from ..core.phases import Phase
+from ..core.events import EpochBegin, EpochEnd, FitBegin, FitEnd, StepEnd
+from ..core.phases import Phase, PredictionPhase, ValidationPhase
 from ..support.distributed import all_reduce_sum, is_distributed
 
 __all__ = ["Metric", "Metrics"]
@@ -47,7 +51,8 @@ class Metric:
     Args:
         fn: the function or stateful object.
         name: the name in `metricsepoch`; defaults to the function's `__name__` or the class name.
-        phase: only computed in phases of this type (e.g. `fp.ValidationPhase`).
+        phase: only computed in phases of this type (e.g. `fp.ValidationPhase`), and in
+            `PredictionPhase` if computed in `ValidationPhase` (so `evaluate` reports it).
     """
 
     fn: Any
@@ -169,13 +174,19 @@ class Metrics(Callback):
                 m.fn.load_state_dict(state[m.name])
         self._epochs = {}
         for phase, means in state.get("__epochs__", {}).items():
-            active = [m for m in self.metrics if isinstance(phase, m.phase)]
+            active = [m for m in self.metrics if _computes(m, phase)]
             restored = {}
             for name, (total, count) in means.items():
                 restored[name] = mean = _WeightedMean()
                 mean.total, mean.count = total, count
             self._epochs[phase] = _Epoch(restored, tuple(m for m in active if not m.stateful),
                                          tuple(m for m in active if m.stateful), {})
+
+
+def _computes(metric: Metric, phase: Phase) -> bool:
+    """Whether `metric` is computed in `phase` (see `Metric`)."""
+    return isinstance(phase, metric.phase) or (
+        isinstance(phase, PredictionPhase) and issubclass(ValidationPhase, metric.phase))
 
 
 def _is_stateful(obj: Any) -> bool:
@@ -219,7 +230,7 @@ def _metrics_fit_begin(event: FitBegin, phase: Phase, cb: Metrics, learner):
 
 @on.dispatch
 def _metrics_epoch_begin(event: EpochBegin, phase: Phase, cb: Metrics, learner):
-    active = [m for m in cb.metrics if isinstance(phase, m.phase)]
+    active = [m for m in cb.metrics if _computes(m, phase)]
     functions = tuple(m for m in active if not m.stateful)
     stateful = tuple(m for m in active if m.stateful)
     for m in stateful:
@@ -234,6 +245,8 @@ def _metrics_epoch_begin(event: EpochBegin, phase: Phase, cb: Metrics, learner):
 def _metrics_step_end(event: StepEnd, phase: Phase, cb: Metrics, learner):
     epoch = cb._epochs[phase]
     batch = learner.batch
+    if batch.loss is None:  # inputs alone, in PredictionPhase: nothing to measure
+        return
     size = _batch_size(batch.ys)
     epoch.step["loss"] = epoch.means["loss"].add(batch.loss, size)
     if epoch.functions or epoch.stateful:
@@ -259,6 +272,15 @@ def _metrics_epoch_end(event: EpochEnd, phase: Phase, cb: Metrics, learner):
     record = learner.cbstate.metricsepoch.setdefault(phase, {})
     for name, value in _to_host(results).items():
         record.setdefault(name, []).append(value)
+
+
+@on.dispatch
+def _metrics_prediction_end(event: FitEnd, phase: PredictionPhase, cb: Metrics, learner):
+    """A prediction run leaves no trace: its running epoch (if an error ended it) and its
+    entries in `metricsstep` and `metricsepoch` go (`evaluate` read them before `FitEnd`)."""
+    cb._epochs.pop(phase, None)
+    learner.cbstate.metricsstep.pop(phase, None)
+    learner.cbstate.metricsepoch.pop(phase, None)
 
 
 def _reduce_across_ranks(means: dict[str, _WeightedMean], device: torch.device) -> None:

@@ -37,7 +37,7 @@ import attrs
 
 from .access import Access
 from .dispatch import GenericFunction
-from .events import Event
+from .events import BUILTIN_EVENTS, Event
 from .phases import Phase
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "produces",
     "resolveconflict",
     "runafter",
+    "sit_out",
     "stateaccess",
 ]
 
@@ -166,3 +167,16 @@ def handler_of(event: type[Event], phase: type[Phase], callback: type[Callback])
     for any object: annotate it as nothing (or `Any`).
     """
     return on.which(event, phase, callback, object)
+
+
+def sit_out(callback: type[Callback], phase: type[Phase]) -> None:
+    """Callbacks of type `callback` take no part in phases of type `phase`: for every
+    built-in event in such a phase the no-op applies, so they are in no plan there and
+    `fp.explain` does not list them. Methods for a subclass of `callback` still run in
+    `phase` (they win the tie), and so do methods for a subclass of `phase`, or for exactly
+    `(event, phase, callback)` registered after this call (a later method replaces it).
+
+        fp.sit_out(MyLogger, fp.PredictionPhase)  # logs training runs, not predict/evaluate
+    """
+    for event in BUILTIN_EVENTS:
+        on.dispatch_fallback(event, phase, callback, object)

@@ -71,6 +71,15 @@ class GenericFunction:
         self._cache.clear()
         return method
 
+    def dispatch_fallback(self, *types: type) -> None:
+        """Make the fallback the method for arguments of `types`, so `which` reports no real
+        method there. It is registered with precedence -1: more specific methods still win,
+        and a method that fits as well (a subclass's) wins the tie instead of being ambiguous.
+        """
+        self._function.register(self.fallback, plum.Signature(*types, precedence=-1))
+        self.registrations += 1
+        self._cache.clear()
+
     def resolve(self, *types: type) -> Callable[..., Any]:
         """The implementation that a call with arguments of `types` would run.
 

@@ -2,12 +2,15 @@
 
     Phase
     ├── AbstractTrainingPhase ── TrainingPhase
-    └── AbstractValidationPhase ── ValidationPhase
+    └── AbstractValidationPhase ─┬─ ValidationPhase
+                                 └─ PredictionPhase
 
 `TrainingPhase` steps fire `StepBegin`, `LossBegin`, `BackwardBegin`, `BackwardEnd`, `StepEnd`;
 `ValidationPhase` steps fire `StepBegin`, `LossBegin`, `StepEnd` and run under `model.eval()`
 and `torch.inference_mode()`. Both are framed by `EpochBegin` / `EpochEnd`. `FitBegin` and
-`FitEnd` are fired with a plain `Phase()`.
+`FitEnd` are fired with a plain `Phase()`. `PredictionPhase` is what `learner.predict` and
+`learner.evaluate` run in, outside `fit`: `FitBegin`, one epoch of validation steps, `FitEnd`,
+all fired with `PredictionPhase()` (see `fluxpy.prediction`).
 
 Phases are frozen attrs values, hashable and compared by type and fields, so
 `learner.cbstate.history[fp.TrainingPhase()]` finds the training history.
@@ -26,6 +29,7 @@ __all__ = [
     "AbstractTrainingPhase",
     "AbstractValidationPhase",
     "Phase",
+    "PredictionPhase",
     "TrainingPhase",
     "ValidationPhase",
 ]
@@ -57,3 +61,12 @@ class TrainingPhase(AbstractTrainingPhase):
 @attrs.frozen(cache_hash=True)
 class ValidationPhase(AbstractValidationPhase):
     """The built-in validation phase."""
+
+
+@attrs.frozen(cache_hash=True)
+class PredictionPhase(AbstractValidationPhase):
+    """The phase of `learner.predict` and `learner.evaluate`: validation steps (a batch
+    without targets computes no loss), under `model.eval()` and `torch.inference_mode()`.
+    Handlers for `AbstractValidationPhase` (or `Phase`) fire in it; those for
+    `ValidationPhase` do not, and the built-in callbacks that record training runs sit it out
+    (`fluxpy.callbacks.prediction`)."""

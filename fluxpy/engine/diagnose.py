@@ -9,16 +9,22 @@ from typing import Any
 import torch
 
 from ..core.errors import BadBatchError, BadLossError
-from ..core.phases import Phase
+from ..core.phases import Phase, PredictionPhase
 from ..core.state import Batch
 
 __all__ = ["backward_failed", "check_loss", "loss_note", "unpack"]
 
 
 def unpack(batch: Any, phase: Phase) -> Any:
-    """`batch` as the `(xs, ys)` pair the built-in step needs, or a `BadBatchError`."""
+    """`batch` as the `(xs, ys)` pair the built-in step needs, or a `BadBatchError`. In
+    `PredictionPhase` inputs alone (a tensor, or a tuple or list of one) are `(xs, None)`."""
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch
+    if isinstance(phase, PredictionPhase):
+        if isinstance(batch, torch.Tensor):
+            return batch, None
+        if isinstance(batch, (tuple, list)) and len(batch) == 1:
+            return batch[0], None
     if isinstance(batch, (tuple, list)):
         what = f"a {type(batch).__name__} of {len(batch)} items"
     elif isinstance(batch, torch.Tensor):
@@ -28,8 +34,14 @@ def unpack(batch: Any, phase: Phase) -> Any:
     raise BadBatchError(
         f"{phase} got {what} as a batch; the built-in steps need (xs, ys) pairs (a tuple or "
         "list of two). Yield pairs from the data (e.g. a DataLoader over a TensorDataset(xs, "
-        f"ys)), or give {type(phase).__name__} its own step with @fp.step.dispatch."
+        f"ys)){_alone(phase)}, or give {type(phase).__name__} its own step with "
+        "@fp.step.dispatch."
     )
+
+
+def _alone(phase: Phase) -> str:
+    return ("; predict also takes inputs alone: a tensor, or a tuple or list of one"
+            if isinstance(phase, PredictionPhase) else "")
 
 
 def loss_note(exc: BaseException, state: Batch, phase: Phase) -> None:

@@ -18,9 +18,12 @@ validation alike and is written as a custom step is, with `run_step`:
 | `StepEnd`      |                                 | everything above                       |
 
 Validation runs under `model.eval()` and `torch.inference_mode()`, training under
-`model.train()`. Each value is read from `learner.batch` after the event before it, so a
-handler may replace `xs`, `preds` or `loss` (a `BackwardBegin` handler scaling the loss). The
-hot path adds no host-device synchronisation: nothing here reads a tensor's value.
+`model.train()`. `PredictionPhase` (`learner.predict`, `learner.evaluate`) runs the validation
+step; a batch of inputs alone (a tensor, or a tuple or list of one) gets `ys = None` and
+`loss = None`, and its step ends after the forward pass (no `LossBegin`). Each value is read
+from `learner.batch` after the event before it, so a handler may replace `xs`, `preds` or
+`loss` (a `BackwardBegin` handler scaling the loss). The hot path adds no host-device
+synchronisation: nothing here reads a tensor's value.
 What fires when a handler cancels or an error is raised: see `fluxpy.engine.framing`.
 
 Extending:
@@ -193,6 +196,9 @@ def _supervised_step(learner, phase: AbstractTrainingPhase | AbstractValidationP
     plan = frame.plan
     with frame as state:
         state.preds = learner.model(state.xs)
+        if state.ys is None and not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            state.loss = None  # inputs alone, in PredictionPhase (`unpack`): no loss
+            return
         if plan.loss_begin:  # an event without handlers costs this test, not a call
             state = frame.fire(LOSS_BEGIN, plan.loss_begin)
         try:
