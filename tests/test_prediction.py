@@ -384,3 +384,25 @@ def test_sit_out_leaves_a_callback_out_of_a_phase_only():
     assert (sitting.steps, sub.steps) == (0, 30)  # a subclass's own method is not ambiguous
     learn.fit(1, (pairs(xs, ys), pairs(xs, ys)))
     assert sitting.steps == 6
+
+
+def test_a_nan_loss_is_reported_by_evaluate_not_a_reason_to_stop():
+    xs, ys = dataset()
+    learn = learner(callbacks=[fp.Metrics(), fp.StopOnNaNLoss()])
+    bad = xs.clone()
+    bad[5] = float("nan")
+    result = learn.evaluate(pairs(bad, ys))
+    assert result["loss"] != result["loss"]  # NaN
+    assert torch.isnan(learn.predict(pairs(bad, ys))[5]).all()
+
+
+@pytest.mark.parametrize("make", [lambda: fp.ThreadedExecutor(4), fp.SerialExecutor])
+def test_predict_and_evaluate_give_the_same_values_with_any_executor_and_strict_mode(make):
+    xs, ys = dataset()
+    learn = learner(executor=make(), strict=True,
+                    callbacks=[fp.Metrics(fp.accuracy), Events()])
+    preds = learn.predict(pairs(xs, ys))
+    assert torch.equal(preds, expected(learn.model, xs * 2))
+    with torch.no_grad():
+        loss = F.cross_entropy(expected(learn.model, xs * 2), ys).item()
+    assert learn.evaluate(pairs(xs, ys))["loss"] == pytest.approx(loss, rel=1e-6)
