@@ -116,7 +116,8 @@ def _join(parts: Sequence[Any], what: str) -> Any:
         leaves, other = pytree.tree_flatten(part)
         if other != spec:
             raise ValueError(f"learner.predict cannot join the {what}: batch {k}'s are "
-                             f"structured as {other}, batch 0's as {spec}")
+                             f"{_structure(part)}, batch 0's {_structure(parts[0])}; return "
+                             "the same structure for every batch")
         columns.append(leaves)
     joined = []
     for leaf in zip(*columns):
@@ -129,3 +130,11 @@ def _join(parts: Sequence[Any], what: str) -> Any:
                             "dimension (or tuples, lists or dicts of them) from the model")
         joined.append(torch.cat(leaf).cpu())
     return pytree.tree_unflatten(joined, spec)
+
+
+def _structure(value: Any) -> str:
+    """`a tensor`, or `a tuple of 2 leaves`: what an output is, for the error above."""
+    if isinstance(value, torch.Tensor):
+        return "a tensor"
+    leaves = pytree.tree_leaves(value)
+    return f"a {type(value).__name__} of {len(leaves)} leaves"

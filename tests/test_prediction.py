@@ -406,3 +406,45 @@ def test_predict_and_evaluate_give_the_same_values_with_any_executor_and_strict_
     with torch.no_grad():
         loss = F.cross_entropy(expected(learn.model, xs * 2), ys).item()
     assert learn.evaluate(pairs(xs, ys))["loss"] == pytest.approx(loss, rel=1e-6)
+
+
+@attrs.define
+class CancelAll(fp.Callback):
+    pass
+
+
+@fp.on.dispatch
+def _cancel_all(event: fp.StepBegin, phase: fp.PredictionPhase, cb: CancelAll, learner):
+    raise fp.CancelStepException("skip")
+
+
+def test_predict_and_evaluate_say_so_when_handlers_cancel_every_step():
+    xs, ys = dataset()
+    learn = learner(callbacks=[fp.Metrics(), CancelAll()])
+    with pytest.raises(ValueError, match=r"learner.predict completed no step over the data: "
+                                         r"handlers cancelled them all, so there are no outputs"):
+        learn.predict(pairs(xs, ys))
+    with pytest.raises(ValueError, match=r"learner.evaluate completed no step over the data: "
+                                         r"handlers cancelled them all"):
+        learn.evaluate(pairs(xs, ys))
+
+
+class Shifty(torch.nn.Module):
+    """A tensor for batches of 4, a tuple for smaller ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 2)
+
+    def forward(self, xs):
+        out = self.linear(xs)
+        return out if len(xs) == 4 else (out, out)
+
+
+def test_predict_needs_outputs_of_one_structure():
+    xs, _ = dataset()
+    learn = fp.Learner(Shifty(), F.l1_loss, use_default_callbacks=False)
+    with pytest.raises(ValueError, match=r"learner.predict cannot join the outputs: batch 2's are "
+                                         r"a tuple of 2 leaves, batch 0's a tensor; return the "
+                                         r"same structure for every batch"):
+        learn.predict([xs[:4], xs[4:8], xs[8:]])
