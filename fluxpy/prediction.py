@@ -73,6 +73,9 @@ def _run(learner: Any, data: Any, call: str, extra: list[Callback],
     if learner._fitting:
         raise RuntimeError(f"{call} was called during fit: it is a run of its own. Call it "
                            "after fit returns, or read learner.batch.preds in a StepEnd handler")
+    if data is None:
+        raise TypeError(f"{call} needs the data to run over: pass the batches, e.g. "
+                        f"{call.split('(')[0]}(learner.data.validation) or a DataLoader")
     if hasattr(data, "__len__") and len(data) == 0:
         raise ValueError(f"{call} got data that yields no batches ({type(data).__name__} of "
                          "length 0): pass a DataLoader or a list holding at least one batch, "

@@ -249,6 +249,9 @@ def test_predict_on_data_without_batches_is_an_error_naming_the_fix():
         learn.predict(used)
     with pytest.raises(ValueError, match=r"learner.evaluate got data that yields no batches"):
         learn.evaluate([])
+    with pytest.raises(TypeError, match=r"learner.predict needs the data to run over: pass "
+                                        r"the batches, e.g. learner.predict\(learner.data"):
+        learn.predict(None)
     assert learn.given_callbacks == before and learn.model.training
     assert learn.fit(1, (pairs(xs, ys), None)).epochs == 1
     assert torch.equal(learn.predict(pairs(xs, ys)), expected(learn.model, xs))
