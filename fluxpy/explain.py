@@ -46,6 +46,7 @@ def explain(learner, phases: Sequence[Phase] | None = None, *, empty: bool = Fal
     """Describe `learner`'s callbacks, their handlers per phase and event, and the graph.
 
     Args:
+        learner: the learner whose callbacks to describe (nothing is trained).
         phases: the phases to show (default: training and validation).
         empty: also list the events no handler answers, as `(none)`.
     """
