@@ -81,6 +81,7 @@ def explain(learner, phases: Sequence[Phase] | None = None, *, empty: bool = Fal
     """Describe `learner`'s callbacks, their handlers per phase and event, and the graph.
 
     Args:
+        learner: the learner whose callbacks to describe (nothing is trained).
         phases: the phases to show (default: training and validation); with
             `fp.PredictionPhase()`, what `predict` and `evaluate` run, `FitBegin` and
             `FitEnd` included.
