@@ -136,9 +136,8 @@ def _check_optimizer(scheduler: Any, optimizer: Any) -> None:
         kind = type(scheduler).__name__
         raise ValueError(
             f"Scheduler: the {kind} was built on another optimizer than the learner's "
-            f"({type(scheduler.optimizer).__name__} at {id(scheduler.optimizer):#x}, the "
-            f"learner's {type(optimizer).__name__} at {id(optimizer):#x}), so stepping it "
-            "would not change the learning rates training uses. Build it on "
+            f"{type(optimizer).__name__}, so stepping it would not change the learning rates "
+            "training uses. Build it on "
             f"learner.optimizer, or pass a factory, fp.Scheduler(lambda opt: {kind}(opt, ...)),"
             " which is called with the learner's optimizer")
 
