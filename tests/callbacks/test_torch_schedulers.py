@@ -268,3 +268,12 @@ def test_it_keeps_to_its_declared_access_in_strict_mode(case):
     lrs: list = []
     learner_with(fp.Scheduler(make, **options), lrs, strict=True).fit(4)
     assert lrs == pytest.approx(torch_loop(make, 4, CASES[case][2])[0], rel=1e-12)
+
+
+def test_per_step_schedulers_step_with_each_parameter_update_under_gradient_accumulation():
+    lrs: list = []
+    learner = learner_with(fp.Scheduler(lambda opt: StepLR(opt, step_size=1, gamma=0.5),
+                                        interval="step"), lrs, fp.GradientAccumulation(3))
+    learner.fit(2)  # 3 batches an epoch: one update each
+    assert learner.get_callback(fp.Scheduler).torch_scheduler.last_epoch == 2
+    assert lrs == [0.1] * N_BATCHES + [0.05] * N_BATCHES
