@@ -148,7 +148,7 @@ class WeightAveraging(Callback):
 
     def copy_to(self, model: Any) -> None:
         """Load the averaged weights (and buffers) into `model` (or a learner's model)."""
-        target = unwrap_model(getattr(model, "model", model))
+        target = _model_of(model)
         if self.updates == 0:
             raise ValueError(
                 f"WeightAveraging({self.kind!r}) has averaged no weights yet ({self.count} "
@@ -159,7 +159,7 @@ class WeightAveraging(Callback):
     def swapped(self, model: Any) -> Iterator[torch.nn.Module]:
         """`with averaging.swapped(learner):` the model (of a learner, or a module) holds the
         averaged weights inside the block and its own again after it, whatever happens."""
-        target = unwrap_model(getattr(model, "model", model))
+        target = _model_of(model)
         own = {name: value.detach().clone() for name, value in target.state_dict().items()}
         self.copy_to(target)
         try:
@@ -183,6 +183,14 @@ class WeightAveraging(Callback):
     def load_state_dict(self, state: dict) -> None:
         self.averaged.load_state_dict(state["averaged"])
         self.count = int(state["count"])
+
+
+def _model_of(model_or_learner: Any) -> torch.nn.Module:
+    """The plain module of a module (DDP unwrapped) or of a learner."""
+    model = model_or_learner
+    if not isinstance(model, torch.nn.Module):
+        model = model.model
+    return unwrap_model(model)
 
 
 @stateaccess.dispatch

@@ -257,3 +257,24 @@ def test_updates_never_read_the_update_count_to_the_host(kind):
                        torch.tensor(2 * N_BATCHES))
     with pytest.raises(AssertionError, match="read a tensor's value to the host"):
         averaging.averaged.update_parameters(learner.model)  # torch's own method does
+
+
+def test_copy_to_a_module_with_a_submodule_named_model_copies_into_that_module():
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = torch.nn.Linear(2, 1)
+
+        def forward(self, x):
+            return self.model(x)
+
+    torch.manual_seed(0)
+    wrapper = Wrapper()
+    ema = fp.WeightAveraging("ema", decay=0.5)
+    learner = fp.Learner(wrapper, torch.nn.functional.mse_loss, data=(TRAIN, None),
+                         optimizer=torch.optim.SGD(wrapper.parameters(), lr=0.1),
+                         callbacks=[ema], use_default_callbacks=False, device="cpu")
+    learner.fit(1)
+    target = Wrapper()
+    ema.copy_to(target)
+    assert torch.equal(target.model.weight, ema.averaged.module.model.weight)
