@@ -35,7 +35,7 @@ from typing import Any
 
 import attrs
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, get_swa_multi_avg_fn
 
 from ..core.access import Access, Read
 from ..core.callback import Callback, on, runafter, stateaccess
@@ -104,22 +104,52 @@ class WeightAveraging(Callback):
 
     def init(self, learner) -> None:
         model = unwrap_model(learner.model)
-        if self.kind == "ema":
-            self.averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.decay),
-                                          use_buffers=True)
-        else:
-            self.averaged = AveragedModel(model)
+        average = (get_ema_multi_avg_fn(self.decay) if self.kind == "ema"
+                   else get_swa_multi_avg_fn())
+        self.averaged = AveragedModel(model, multi_avg_fn=average,
+                                      use_buffers=self.kind == "ema")
+
+    @property
+    def updates(self) -> int:
+        """How many times the average has taken the weights (`averaged.n_averaged`, known
+        here without reading the device)."""
+        return max(0, self.count - self.start)
 
     def update(self, model: torch.nn.Module) -> None:
-        """Count one interval and, from `start` on, add `model`'s weights to the average."""
+        """Count one interval and, from `start` on, add `model`'s weights to the average.
+
+        What `AveragedModel.update_parameters` does, with the count of updates known on the
+        host: that method tests `n_averaged`, a device tensor, which would wait for the device
+        at every step.
+        """
         self.count += 1
-        if self.count > self.start:
-            self.averaged.update_parameters(unwrap_model(model))
+        if self.count <= self.start:
+            return
+        averaged, model = self.averaged, unwrap_model(model)
+        pairs = list(zip(averaged.module.parameters(), model.parameters()))
+        if averaged.use_buffers:
+            pairs += zip(averaged.module.buffers(), model.buffers())
+        groups: dict[tuple, tuple[list, list]] = {}
+        for mine, theirs in pairs:
+            group = groups.setdefault((mine.device, mine.dtype), ([], []))
+            group[0].append(mine.detach())
+            group[1].append(theirs.detach().to(mine.device))
+        before = self.updates - 1
+        with torch.no_grad():
+            for mine, theirs in groups.values():
+                if before == 0:
+                    torch._foreach_copy_(mine, theirs)
+                else:
+                    averaged.multi_avg_fn(mine, theirs, before)
+            if not averaged.use_buffers:  # a SWA keeps the model's buffers until update_bn
+                for mine, theirs in zip(averaged.module.buffers(), model.buffers()):
+                    mine.copy_(theirs.detach().to(mine.device))
+            averaged.n_averaged += 1
 
     def copy_to(self, model: Any) -> None:
         """Load the averaged weights (and buffers) into `model` (or a learner's model)."""
-        target = unwrap_model(getattr(model, "model", model))
-        if int(self.averaged.n_averaged) == 0:
+        target = _model_of(model)
+        if self.updates == 0:
             raise ValueError(
                 f"WeightAveraging({self.kind!r}) has averaged no weights yet ({self.count} "
                 f"{self.interval}s seen, start={self.start}): train past start first")
@@ -129,7 +159,7 @@ class WeightAveraging(Callback):
     def swapped(self, model: Any) -> Iterator[torch.nn.Module]:
         """`with averaging.swapped(learner):` the model (of a learner, or a module) holds the
         averaged weights inside the block and its own again after it, whatever happens."""
-        target = unwrap_model(getattr(model, "model", model))
+        target = _model_of(model)
         own = {name: value.detach().clone() for name, value in target.state_dict().items()}
         self.copy_to(target)
         try:
@@ -153,6 +183,14 @@ class WeightAveraging(Callback):
     def load_state_dict(self, state: dict) -> None:
         self.averaged.load_state_dict(state["averaged"])
         self.count = int(state["count"])
+
+
+def _model_of(model_or_learner: Any) -> torch.nn.Module:
+    """The plain module of a module (DDP unwrapped) or of a learner."""
+    model = model_or_learner
+    if not isinstance(model, torch.nn.Module):
+        model = model.model
+    return unwrap_model(model)
 
 
 @stateaccess.dispatch
@@ -191,6 +229,6 @@ def _averaging_epoch_end(event: EpochEnd, phase: AbstractTrainingPhase, cb: Weig
 @on.dispatch
 def _averaging_fit_end(event: FitEnd, phase: Phase, cb: WeightAveraging, learner):
     data = learner.data
-    if (cb.kind == "swa" and cb.update_bn and int(cb.averaged.n_averaged) > 0
+    if (cb.kind == "swa" and cb.update_bn and cb.updates > 0
             and data is not None and data.training is not None):
         cb.update_batchnorm(data.training)

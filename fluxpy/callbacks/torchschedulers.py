@@ -17,7 +17,9 @@ training epoch cut short by `fit(max_steps=...)` or `max_time` does not step an
 
 The scheduler's `state_dict()` is part of the `TorchScheduler`'s, so checkpoints resume it.
 It sets the learning rate (and momentum, for `OneCycleLR` and `CyclicLR` with
-`cycle_momentum`): a `Scheduler` of `fp.LearningRate` beside it is an unresolvable conflict.
+`cycle_momentum`): a `Scheduler` of `fp.LearningRate` beside it, or of `fp.Momentum` beside
+one that cycles momentum, is an `UnresolvableConflictError` (for a factory's scheduler, when
+the learner adopts it and the factory has run).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 
 from ..core.access import Access, Read, Write
 from ..core.callback import on, stateaccess
-from ..core.errors import MissingStateError
+from ..core.errors import MissingStateError, UnresolvableConflictError
 from ..core.events import EpochEnd, StepBegin, StepEnd
 from ..core.phases import AbstractTrainingPhase, Phase, ValidationPhase
 from .metrics import Metrics
@@ -119,6 +121,7 @@ class TorchScheduler(Scheduler):
         if self.plateau:
             _check_monitored(self, learner)
         self.torch_scheduler = scheduler
+        _check_momentum(self, learner)
 
     def state_dict(self) -> dict:
         return {"step": self.step, "scheduler": self.torch_scheduler.state_dict()}
@@ -136,11 +139,28 @@ def _check_optimizer(scheduler: Any, optimizer: Any) -> None:
         kind = type(scheduler).__name__
         raise ValueError(
             f"Scheduler: the {kind} was built on another optimizer than the learner's "
-            f"({type(scheduler.optimizer).__name__} at {id(scheduler.optimizer):#x}, the "
-            f"learner's {type(optimizer).__name__} at {id(optimizer):#x}), so stepping it "
-            "would not change the learning rates training uses. Build it on "
+            f"{type(optimizer).__name__}, so stepping it would not change the learning rates "
+            "training uses. Build it on "
             f"learner.optimizer, or pass a factory, fp.Scheduler(lambda opt: {kind}(opt, ...)),"
             " which is called with the learner's optimizer")
+
+
+def _check_momentum(cb: TorchScheduler, learner: Any) -> None:
+    """A factory's scheduler that cycles momentum, beside a `Scheduler` of `fp.Momentum`:
+    the conflict the graph could not see before the factory ran."""
+    if not callable(cb.schedules) or Momentum not in cb.hyperparameters:
+        return  # a scheduler given built: the graph knew what it sets
+    # the learner's callbacks are read-only views here, cb's own too: tell it by its factory
+    # (a function, which views hand out as it is)
+    others = [other for other in learner.callbacks if isinstance(other, Scheduler)
+              and Momentum in other.hyperparameters and other.schedules is not cb.schedules]
+    if others:
+        kind = type(cb.torch_scheduler).__name__
+        error = UnresolvableConflictError(cb, others[0], [("optimizer", "optimizer")],
+                                          (type(cb).__name__, others[0].__class__.__name__))
+        error.add_note(f"The {kind} sets the momentum too (cycle_momentum=True); build it "
+                       "with cycle_momentum=False to keep the momentum schedule.")
+        raise error
 
 
 def _check_monitored(cb: TorchScheduler, learner: Any) -> None:
@@ -160,13 +180,14 @@ def _check_monitored(cb: TorchScheduler, learner: Any) -> None:
 @stateaccess.dispatch
 def _torch_scheduler_access(cb: TorchScheduler):
     # the optimizer's param_groups, and what tells when to step: whether the step updated the
-    # parameters, whether a limit cut the epoch, the monitored metric (and the callbacks, to
-    # check at init that one computes it)
+    # parameters, whether a limit cut the epoch, the monitored metric; and the callbacks, to
+    # check at init what the graph could not see before a factory ran (the monitored metric
+    # is computed, no other Scheduler sets the momentum a OneCycleLR cycles)
     if cb.plateau:
         return Access(optimizer=Write(), cbstate=Access(metricsepoch=Read()), callbacks=Read())
     if cb.interval == "step":
-        return Access(optimizer=Write(), batch=Access(update=Read()))
-    return Access(optimizer=Write(), budget=Read())
+        return Access(optimizer=Write(), batch=Access(update=Read()), callbacks=Read())
+    return Access(optimizer=Write(), budget=Read(), callbacks=Read())
 
 
 @on.dispatch

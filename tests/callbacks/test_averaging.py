@@ -233,3 +233,48 @@ def test_it_keeps_to_its_declared_access_in_strict_mode(kind):
     assert learner.strict
     learner.fit(2)
     assert int(averaging.averaged.n_averaged) == 32
+
+
+class NoHostReads(torch.Tensor):
+    """A tensor whose value may not be read to the host (what would wait for a GPU)."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in (torch.Tensor.__bool__, torch.Tensor.item, torch.Tensor.__int__,
+                    torch.Tensor.__float__, torch.Tensor.__index__, torch.Tensor.tolist):
+            raise AssertionError(f"{func.__name__} read a tensor's value to the host")
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+@pytest.mark.parametrize("kind", ["ema", "swa"])
+def test_updates_never_read_the_update_count_to_the_host(kind):
+    averaging = fp.WeightAveraging(kind, interval="step", update_bn=False)
+    learner = learner_with(averaging, batchnorm=True)
+    averaging.averaged.n_averaged = averaging.averaged.n_averaged.as_subclass(NoHostReads)
+    learner.fit(2)
+    assert averaging.updates == 2 * N_BATCHES
+    assert torch.equal(averaging.averaged.n_averaged.as_subclass(torch.Tensor),
+                       torch.tensor(2 * N_BATCHES))
+    with pytest.raises(AssertionError, match="read a tensor's value to the host"):
+        averaging.averaged.update_parameters(learner.model)  # torch's own method does
+
+
+def test_copy_to_a_module_with_a_submodule_named_model_copies_into_that_module():
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = torch.nn.Linear(2, 1)
+
+        def forward(self, x):
+            return self.model(x)
+
+    torch.manual_seed(0)
+    wrapper = Wrapper()
+    ema = fp.WeightAveraging("ema", decay=0.5)
+    learner = fp.Learner(wrapper, torch.nn.functional.mse_loss, data=(TRAIN, None),
+                         optimizer=torch.optim.SGD(wrapper.parameters(), lr=0.1),
+                         callbacks=[ema], use_default_callbacks=False, device="cpu")
+    learner.fit(1)
+    target = Wrapper()
+    ema.copy_to(target)
+    assert torch.equal(target.model.weight, ema.averaged.module.model.weight)

@@ -110,6 +110,10 @@ def test_a_scheduler_passed_built_on_the_learners_optimizer_works():
     learner_with(lambda opt: fp.Scheduler(StepLR(opt, step_size=2, gamma=0.5),
                                           interval="epoch"), lrs).fit(3)
     assert lrs == pytest.approx(expected, rel=1e-12)
+    expected, _ = torch_loop(one_cycle, 4, "step")
+    lrs = []
+    learner_with(lambda opt: fp.Scheduler(one_cycle(opt), interval="step"), lrs).fit(4)
+    assert lrs == pytest.approx(expected, rel=1e-12)
 
 
 def test_plateau_reduction_shows_where_the_validation_loss_stopped_improving():
@@ -268,3 +272,26 @@ def test_it_keeps_to_its_declared_access_in_strict_mode(case):
     lrs: list = []
     learner_with(fp.Scheduler(make, **options), lrs, strict=True).fit(4)
     assert lrs == pytest.approx(torch_loop(make, 4, CASES[case][2])[0], rel=1e-12)
+
+
+def test_per_step_schedulers_step_with_each_parameter_update_under_gradient_accumulation():
+    lrs: list = []
+    learner = learner_with(fp.Scheduler(lambda opt: StepLR(opt, step_size=1, gamma=0.5),
+                                        interval="step"), lrs, fp.GradientAccumulation(3))
+    learner.fit(2)  # 3 batches an epoch: one update each
+    assert learner.get_callback(fp.Scheduler).torch_scheduler.last_epoch == 2
+    assert lrs == [0.1] * N_BATCHES + [0.05] * N_BATCHES
+
+
+def test_a_factorys_one_cycle_beside_a_momentum_schedule_is_a_conflict():
+    momentum = fp.Scheduler({fp.Momentum: fp.linear(12, 0.9, 0.8)})
+    with pytest.raises(fp.UnresolvableConflictError, match=(
+            r"TorchScheduler and Scheduler cannot be used together")) as caught:
+        learner_with(fp.Scheduler(one_cycle, interval="step"), [], momentum)
+    assert "build it with cycle_momentum=False" in caught.value.__notes__[0]
+    learner_with(fp.Scheduler(lambda opt: OneCycleLR(opt, max_lr=0.5, total_steps=12,
+                                                     cycle_momentum=False), interval="step"),
+                 [], momentum).fit(1)
+    learner = learner_with(fp.Scheduler(one_cycle, interval="step"), [])
+    with pytest.raises(fp.UnresolvableConflictError):  # once built, the graph sees it
+        learner.add_callback(momentum)
