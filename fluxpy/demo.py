@@ -32,6 +32,7 @@ from .demo_penalties import (
 from .explain import explain
 from .learner import Learner
 from .plots import plot_graph, plot_history
+from .support.seeding import seed_everything
 
 __all__ = ["accuracy", "run_demo", "spirals"]
 
@@ -104,7 +105,7 @@ def run_demo(epochs: int = 15, n_per_class: int = 3000, out: TextIO | None = Non
 
 def _train(epochs: int, n_per_class: int, out: TextIO, progress: Any,
            folder: Path) -> dict[str, float]:
-    torch.manual_seed(0)
+    seed_everything(0)
     points, labels = spirals(n_per_class)
     cut = len(labels) * 4 // 5
     train = _loader(points[:cut], labels[:cut], shuffle=True, seed=0)
