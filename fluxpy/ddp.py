@@ -42,9 +42,8 @@ user. Then:
 above (data, metrics, stops, limits) is the same. Under FSDP `GradientAccumulation` keeps the
 gradients in sync at every step (`set_gradient_sync` leaves an FSDP model alone): they
 accumulate in their shards, so a short last group and a checkpoint inside a group need no
-gradients that FSDP holds outside the parameters. After each validation epoch the gathered
-parameters are freed (`reshard`). Checkpoints are sharded folders written by every rank
-(`fluxpy.support.checkpoint_sharded`).
+gradients that FSDP holds outside the parameters. Checkpoints are sharded folders written by
+every rank (`fluxpy.support.checkpoint_sharded`).
 
 Stopping together. A rank that left `fit` alone would leave the others waiting forever in the
 next gradient all-reduce. So under DDP a `CancelFitException` raised by a handler (early
@@ -105,7 +104,7 @@ from .support.distributed import (
     world_size,
 )
 from .support.sharding import shard
-from .support.strategies import DDP, FSDP, reshard, shard_model
+from .support.strategies import DDP, FSDP, shard_model
 
 __all__ = ["DistributedTraining"]
 
@@ -116,8 +115,7 @@ class DistributedTraining:
 
     def __init__(self, how: DDP | FSDP) -> None:
         self.how = how  # the options the model was distributed with
-        # under FSDP, the submodules sharded before the root (else None)
-        self.sharded: list[str] | None = [] if isinstance(how, FSDP) else None
+        self.sharded: list[str] = []  # under FSDP, the submodules sharded before the root
         self.reason: str | None = None  # this rank's stop request, until the ranks agree
         self._shards: dict[tuple[int, bool], tuple[Any, Any]] = {}
         self._epochs: dict[Phase, int] = {}
@@ -215,8 +213,6 @@ class DistributedTraining:
         if callable(getattr(sampler, "set_epoch", None)):
             sampler.set_epoch(self._epoch_number(learner, phase))
         epoch(learner, phase, data)
-        if self.sharded is not None:
-            reshard(learner.model)
         self._epochs[phase] = self._epochs.get(phase, 0) + 1
         self.agree_on_stop()
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -57,7 +58,7 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .checkpoint_ranks import own_rank_state
-from .distributed import on_rank_zero
+from .distributed import all_gather_object, on_rank_zero
 from .strategies import is_sharded_model
 
 __all__ = ["is_sharded", "load_full_into_sharded", "load_sharded", "on_writing_ranks",
@@ -88,15 +89,20 @@ def save_sharded(state: dict[str, Any], path: str | os.PathLike) -> None:
     already at `path` is replaced.
     """
     path = Path(path)
+    paths = all_gather_object(str(path.absolute()))
+    if len(set(paths)) > 1:
+        raise CheckpointError(path, f"is not where every rank saves: the ranks gave {paths}. "
+                              "A sharded checkpoint is one folder that every rank writes its "
+                              "shards into: give every rank the same path.")
     tmp = path.parent / f".{path.name}.sharded.tmp"
     on_rank_zero(lambda: remove_checkpoint(tmp))
     shards = {key: state[key] for key in SHARDED_PARTS if state.get(key)}
     try:
         dcp.save(shards, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True))
-    except Exception as exc:
+    except (Exception, CheckpointException) as exc:
         raise CheckpointError(path, f"could not be written: torch.distributed.checkpoint "
-                              f"failed with {type(exc).__name__}: {exc}. The previous "
-                              "checkpoints are unchanged.") from exc
+                              f"failed with {_failure(exc)}. The previous checkpoints are "
+                              "unchanged.") from exc
     rest = {key: value for key, value in state.items() if key not in SHARDED_PARTS}
     # What load_checkpoint checks the optimizer by (its kind, groups and hyperparameters);
     # the model's names and shapes are in DCP's metadata.
@@ -106,11 +112,19 @@ def save_sharded(state: dict[str, Any], path: str | os.PathLike) -> None:
 
 
 def _complete(rest: dict[str, Any], tmp: Path, path: Path) -> None:
+    """Rank 0, once every shard is written: add `fluxpy.pt` and rename the folder to `path`.
+
+    A folder cannot replace another in one rename, so one already at `path` (a second
+    `save_checkpoint` to the same path; a Checkpointer's names are new) is first moved aside:
+    a kill between the two renames leaves neither under `path`, the new checkpoint complete
+    in the temporary folder.
+    """
     write_checkpoint(rest, tmp / SHARDED_META)
     _fsync_folder(tmp)
     old = path.parent / f".{path.name}.old.tmp"
     if path.exists():
-        os.replace(path, old) if path.is_dir() else path.unlink()
+        remove_checkpoint(old)
+        os.replace(path, old)
     os.replace(tmp, path)
     _fsync_folder(path.parent)
     remove_checkpoint(old)
@@ -137,6 +151,7 @@ def load_sharded(learner, path: Path) -> Path:
         warnings.simplefilter("ignore")  # checks again, and warns, below
         _checked_parts(learner, state, path)
     model, optimizer = learner.model, learner.optimizer
+    fresh = not optimizer.state  # get_state_dict fills in an unused optimizer's state
     model_state, optimizer_state = get_state_dict(model, optimizer)
     # Copies, so that the learner changes only once every shard has been read.
     target = tree_map_only(torch.Tensor, lambda t: t.detach().clone(),
@@ -151,15 +166,27 @@ def load_sharded(learner, path: Path) -> Path:
             warnings.filterwarnings("ignore", "torch.distributed is disabled")
             dcp.load(target, storage_reader=dcp.FileSystemReader(path),
                      no_dist=not torch.distributed.is_initialized())
-    except Exception as exc:
+    except (Exception, CheckpointException) as exc:
+        if fresh:
+            optimizer.state.clear()
         raise CheckpointError(path, f"could not be loaded: torch.distributed.checkpoint failed "
-                              f"with {type(exc).__name__}: {str(exc).splitlines()[0]}. The "
-                              "learner is unchanged.", "model") from exc
+                              f"with {_failure(exc)}: a shard is missing or damaged. The "
+                              "learner is unchanged; load an earlier checkpoint.",
+                              "model") from exc
     state["grads"] = target.get("grads", {})
     restore(learner, state, path, lambda: set_state_dict(
         model, optimizer, model_state_dict=target["model"],
         optim_state_dict=target["optimizer"]))
     return path
+
+
+def _failure(exc: BaseException) -> str:
+    """What went wrong, in a line: DCP's `CheckpointException` (a `BaseException`) wraps each
+    rank's error."""
+    if isinstance(exc, CheckpointException):
+        rank, (error, _) = next(iter(exc.failures.items()))
+        return f"{type(error).__name__} on rank {rank}: {error}".rstrip(": ")
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
 
 
 def _saved_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ import torch
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-__all__ = ["DDP", "FSDP", "is_sharded_model", "reshard", "shard_model"]
+__all__ = ["DDP", "FSDP", "is_sharded_model", "shard_model"]
 
 
 @attrs.frozen(init=False)
@@ -100,14 +100,3 @@ def shard_model(model: torch.nn.Module, options: FSDP, device: torch.device) -> 
     fully_shard(model, **kwargs)
     return [name for name, _ in chosen]
 
-
-def reshard(model: torch.nn.Module) -> None:
-    """Free the gathered parameters of every sharded module of `model`, leaving its shards.
-
-    FSDP2 keeps the root's gathered parameters after a forward for the backward that follows;
-    after a validation epoch (no backward, under `torch.inference_mode`) they would stay as
-    inference tensors, which training and `state_dict` cannot use.
-    """
-    for module in model.modules():
-        if isinstance(module, FSDPModule):
-            module.reshard()

@@ -13,6 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
+import attrs
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import fluxpy as fp
+import fluxpy.support.checkpoint_sharded
 
 OUT = Path(sys.argv[1]) if __name__ == "__main__" else Path()
 RANK = int(os.environ.get("RANK", 0))
@@ -123,27 +125,72 @@ def load_single() -> None:
           exp_avg=[state[i]["exp_avg"].full_tensor().flatten().tolist() for i in sorted(state)])
 
 
+@attrs.define
+class StopOnRankOne(fp.Callback):
+    """Raises CancelFitException at StepEnd of training step `at`, on rank 1 only."""
+
+    at: int
+    steps: int = 0
+
+
+@fp.on.dispatch
+def _stop_step_end(event: fp.StepEnd, phase: fp.TrainingPhase, cb: StopOnRankOne, learner):
+    cb.steps += 1
+    if cb.steps == cb.at and RANK == 1:
+        raise fp.CancelFitException("rank 1 asked to stop")
+
+
+def stop() -> None:
+    """A stop asked for on rank 1 only ends fit on both ranks at the same step."""
+    lrn = learner(fp.FSDP(), [StopOnRankOne(at=3)])
+    updates = []
+    lrn.optimizer.register_step_post_hook(lambda *args: updates.append(1))
+    result = lrn.fit(3)
+    write("stop", updates=len(updates), weights=weights(lrn), reason=result.stop_reason)
+
+
+def paths() -> None:
+    """Each rank gives save_checkpoint a path of its own."""
+    lrn = learner(fp.FSDP())
+    try:
+        fp.save_checkpoint(lrn, OUT / f"rank{RANK}.pt")
+    except fp.CheckpointError as error:
+        write("paths", error=str(error), files=sorted(p.name for p in OUT.glob("rank*.pt")))
+
+
+def load_one_sharded() -> None:
+    """A sharded checkpoint written by one process loads at two."""
+    lrn = learner(fp.FSDP(), optimizer=adam)
+    fp.load_checkpoint(lrn, OUT / "one-sharded")
+    state = lrn.optimizer.state_dict()["state"]
+    write("load_one_sharded", weights=weights(lrn),
+          exp_avg=[state[i]["exp_avg"].full_tensor().flatten().tolist() for i in sorted(state)])
+
+
+def _die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def killed() -> None:
-    """Rank 1 is killed while it writes its shards of the second checkpoint."""
+    """A rank is killed in the middle of the second checkpoint: rank 1 while it writes its
+    shards (`killed 1`), or rank 0 while it writes fluxpy.pt after every shard (`killed 0`)."""
+    victim = int(sys.argv[3])
     lrn = learner(fp.FSDP(), [fp.Checkpointer(OUT / "killed")], optimizer=adam)
     lrn.fit(1)
     write("killed", weights=weights(lrn))
-    if RANK == 1:
-        original = dcp.FileSystemWriter.write_data
-
-        def die(self, *args, **kwargs):
-            os.kill(os.getpid(), signal.SIGKILL)
-            return original(self, *args, **kwargs)
-
-        dcp.FileSystemWriter.write_data = die
+    if RANK == victim == 1:
+        dcp.FileSystemWriter.write_data = _die
+    if RANK == victim == 0:
+        fluxpy.support.checkpoint_sharded.write_checkpoint = _die
     lrn.fit(1)
-    write("killed-survived")  # never reached: rank 1 dies, torchrun ends rank 0
+    write("killed-survived")  # never reached: a rank dies, torchrun ends the other
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
     for name in sys.argv[2:]:
-        globals()[name]()
+        if name in globals():  # else an argument of the scenario before
+            globals()[name]()
     dist.destroy_process_group()
     sys.stdout.flush()
     sys.stderr.flush()

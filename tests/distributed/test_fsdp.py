@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 import fluxpy as fp
@@ -69,9 +71,29 @@ def out(tmp_path_factory) -> Path:
     (folder / "single.json").write_text(json.dumps({
         "weights": worker.weights(single),
         "exp_avg": [state[i]["exp_avg"].flatten().tolist() for i in sorted(state)]}))
-    done = launch(folder, "train", "resume", "load_single")
+    _one_process_sharded_checkpoint(folder)
+    done = launch(folder, "train", "resume", "load_single", "stop", "load_one_sharded",
+                  "paths")
     assert done.returncode == 0, done.stdout[-6000:]
     return folder
+
+
+def _one_process_sharded_checkpoint(folder: Path) -> None:
+    """An FSDP learner in a one-process gloo group (as `torchrun --nproc_per_node=1` gives)
+    saves a sharded checkpoint, in this process."""
+    dist.init_process_group("gloo", rank=0, world_size=1,
+                            init_method=f"tcp://127.0.0.1:{_free_port()}")
+    try:
+        learner = worker.learner(fp.FSDP(), [fp.Checkpointer(folder / "one-sharded")],
+                                 optimizer=worker.adam)
+        learner.fit(1)
+        state = learner.optimizer.state_dict()["state"]
+        (folder / "one-sharded.json").write_text(json.dumps({
+            "weights": worker.weights(learner),
+            "exp_avg": [state[i]["exp_avg"].full_tensor().flatten().tolist()
+                        for i in sorted(state)]}))
+    finally:
+        dist.destroy_process_group()
 
 
 def ranks(out: Path, scenario: str) -> list[dict]:
@@ -143,7 +165,10 @@ def test_a_sharded_checkpoint_is_a_folder_every_rank_wrote(out):
 
 def test_a_two_process_checkpoint_loads_in_one_plain_process_with_its_parameters(out):
     learner = worker.learner(False, optimizer=worker.adam, dropout=0.25)
-    assert fp.load_checkpoint(learner, out / "whole") == out / "whole" / "epoch-0004.pt"
+    with pytest.warns(UserWarning, match=r"holds state for Recorder, Checkpointer, which this "
+                                         r"learner does not have"):
+        loaded = fp.load_checkpoint(learner, out / "whole")
+    assert loaded == out / "whole" / "epoch-0004.pt"
     assert worker.weights(learner) == ranks(out, "resume")[0]["whole"]
     assert learner.optimizer.state_dict()["state"][0]["step"].item() == 16
     learner.fit(1)  # and trains on
@@ -175,15 +200,47 @@ def test_a_sharded_checkpoint_into_a_model_of_another_shape_is_refused(out):
     assert all(torch.equal(a, b) for a, b in zip(before, wide.model.parameters()))
 
 
-def test_a_rank_killed_mid_save_leaves_the_previous_checkpoint_loadable(tmp_path):
-    done = launch(tmp_path, "killed")
+@pytest.mark.parametrize("victim", [1, 0], ids=["rank 1 writing its shards",
+                                                "rank 0 writing fluxpy.pt"])
+def test_a_rank_killed_mid_save_leaves_the_previous_checkpoint_loadable(tmp_path, victim):
+    done = launch(tmp_path, "killed", str(victim))
     assert done.returncode != 0
-    assert not (tmp_path / "killed-survived-rank0.json").exists()
+    assert not list(tmp_path.glob("killed-survived-*"))
     folder = tmp_path / "killed"
     assert sorted(os.listdir(folder)) == [".epoch-0002.pt.sharded.tmp", "epoch-0001.pt"]
     learner = worker.learner(False, optimizer=worker.adam)
-    assert fp.load_checkpoint(learner, folder) == folder / "epoch-0001.pt"
+    with pytest.warns(UserWarning, match="holds state for Checkpointer"):
+        assert fp.load_checkpoint(learner, folder) == folder / "epoch-0001.pt"
     assert worker.weights(learner) == ranks(tmp_path, "killed")[0]["weights"]
+
+
+def test_a_stop_on_one_rank_ends_fsdp_training_on_both_at_the_same_step(out):
+    rank0, rank1 = ranks(out, "stop")
+    assert rank0 == rank1  # the same weights, updates and reason on both ranks
+    assert rank0["updates"] == 3  # asked at step 3's StepEnd: step 4 applies no update
+    assert rank0["reason"] == "rank 1 asked to stop (rank 1)"
+
+
+def test_a_one_process_sharded_checkpoint_loads_at_two_processes(out):
+    saved = json.loads((out / "one-sharded.json").read_text())
+    for rank in ranks(out, "load_one_sharded"):
+        assert rank == saved
+
+
+def test_a_damaged_shard_is_a_checkpoint_error_that_changes_nothing(out, tmp_path):
+    folder = tmp_path / "epoch-0004.pt"
+    shutil.copytree(out / "whole" / "epoch-0004.pt", folder)
+    shard = folder / "__1_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:40])
+    learner = worker.learner(False, optimizer=worker.adam, dropout=0.25)
+    before = worker.weights(learner)
+    with pytest.raises(fp.CheckpointError, match=r"could not be loaded: torch.distributed."
+                                                 r"checkpoint failed with EOFError on rank 0: "
+                                                 r"a shard is missing or damaged. The learner "
+                                                 r"is unchanged"):
+        fp.load_checkpoint(learner, folder)
+    assert worker.weights(learner) == before
+    assert learner.optimizer.state_dict()["state"] == {}
 
 
 def test_the_fsdp_example_prints_what_the_tutorial_shows(tmp_path):
@@ -195,3 +252,12 @@ def test_the_fsdp_example_prints_what_the_tutorial_shows(tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout == (root / "examples" / "outputs" / "fsdp-2proc.txt").read_text()
+
+
+def test_ranks_saving_to_different_paths_is_an_error_that_writes_nothing(out):
+    for rank, seen in enumerate(ranks(out, "paths")):
+        assert seen["files"] == []
+        assert seen["error"] == (
+            f"{out / f'rank{rank}.pt'}: is not where every rank saves: the ranks gave "
+            f"['{out / 'rank0.pt'}', '{out / 'rank1.pt'}']. A sharded checkpoint is one folder "
+            "that every rank writes its shards into: give every rank the same path.")
