@@ -18,7 +18,9 @@ Sitting out (`fp.sit_out`):
 - `MetricsPrinter`: its rows are a fit's epochs; `evaluate` returns its metrics instead.
 - `LogMetrics`, `LogHyperParams`, `LogHistograms`: logs are a training run's.
 - `Checkpointer`: nothing to resume; a prediction run changes no state.
-- `EarlyStopping`, `Scheduler`: they act on training runs.
+- `EarlyStopping`, `Scheduler` (PyTorch's schedulers too): they act on training runs.
+- `WeightAveraging`: it averages the weights training reaches (and recomputes BatchNorm
+  statistics when a fit ends); predict with the average inside `swapped(learner)`.
 - `StopOnNaNLoss`: a NaN loss on new data is a result to report, not a reason to stop.
 - `SanityCheck`, `ActivationStats`: they check and watch training.
 
@@ -39,6 +41,7 @@ from ..core.callback import UnsafeCallback, on, sit_out, stateaccess
 from ..core.events import StepEnd
 from ..core.phases import PredictionPhase
 from .activations import ActivationStats
+from .averaging import WeightAveraging
 from .checkpointer import Checkpointer
 from .earlystopping import EarlyStopping
 from .logging import LogHistograms, LogHyperParams, LogMetrics
@@ -47,12 +50,13 @@ from .printer import MetricsPrinter
 from .recorder import Recorder
 from .sanity import SanityCheck
 from .scheduler import Scheduler
+from .torchschedulers import TorchScheduler
 
 __all__ = ["Predictions"]
 
 for _callback in (Recorder, MetricsPrinter, LogMetrics, LogHyperParams, LogHistograms,
-                  Checkpointer, EarlyStopping, Scheduler, StopOnNaNLoss, SanityCheck,
-                  ActivationStats):
+                  Checkpointer, EarlyStopping, Scheduler, TorchScheduler, StopOnNaNLoss,
+                  SanityCheck, ActivationStats, WeightAveraging):
     sit_out(_callback, PredictionPhase)
 
 

@@ -278,3 +278,51 @@ def test_copy_to_a_module_with_a_submodule_named_model_copies_into_that_module()
     target = Wrapper()
     ema.copy_to(target)
     assert torch.equal(target.model.weight, ema.averaged.module.model.weight)
+
+
+def test_predict_and_evaluate_inside_swapped_use_the_average():
+    ema = fp.WeightAveraging("ema", decay=0.5)
+    learner = learner_with(ema)
+    learner.fit(2)
+    xs = torch.cat([x for x, _ in VALID])
+    with ema.swapped(learner):
+        preds = learner.predict(VALID)
+        loss = learner.evaluate(VALID)["loss"]
+    with torch.no_grad():
+        expected = ema.averaged.module(xs)
+    torch.testing.assert_close(preds, expected)
+    ys = torch.cat([y for _, y in VALID])
+    assert loss == pytest.approx(torch.nn.functional.mse_loss(expected, ys).item(), rel=1e-6)
+    with torch.no_grad():
+        own = learner.model(xs)
+    assert not torch.allclose(preds, own)  # the model's own weights give other outputs
+
+
+def test_evaluate_and_predict_leave_the_average_and_its_batchnorm_statistics_alone():
+    # SWA recomputes BatchNorm statistics when a fit ends; predict and evaluate are no fit
+    torch.manual_seed(0)
+    xs = torch.randn(1024, 4)
+    ys = xs.sum(dim=1, keepdim=True).sin() + 0.3 * torch.randn(1024, 1)
+    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xs[:768], ys[:768]),
+                                        batch_size=32, shuffle=True)
+    valid = [(xs[768:], ys[768:])]
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 64), torch.nn.BatchNorm1d(64),
+                                torch.nn.ReLU(), torch.nn.Linear(64, 1))
+    swa = fp.WeightAveraging("swa", start=3)
+    learner = fp.Learner(model, torch.nn.functional.mse_loss, data=(train, valid),
+                         callbacks=[fp.Metrics(), swa], use_default_callbacks=False)
+    learner.fit(8)
+    before = {k: v.clone() for k, v in swa.averaged.state_dict().items()}
+    with swa.swapped(learner):
+        first = learner.evaluate(valid)
+    learner.evaluate(valid)
+    learner.predict(valid)
+    with swa.swapped(learner):
+        assert learner.evaluate(valid) == first
+    after = swa.averaged.state_dict()
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), key
+    plan = fp.explain(learner, [fp.PredictionPhase()])
+    in_predictions = plan.split("  PredictionPhase\n")[1].split("\n\n")[0]
+    assert "Metrics" in in_predictions and "WeightAveraging" not in in_predictions

@@ -295,3 +295,21 @@ def test_a_factorys_one_cycle_beside_a_momentum_schedule_is_a_conflict():
     learner = learner_with(fp.Scheduler(one_cycle, interval="step"), [])
     with pytest.raises(fp.UnresolvableConflictError):  # once built, the graph sees it
         learner.add_callback(momentum)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_predict_and_evaluate_step_no_scheduler(case):
+    make, options, _ = CASES[case]
+    lrs: list = []
+    scheduler = fp.Scheduler(make, **options)
+    learner = learner_with(scheduler, lrs)
+    learner.fit(2)
+    state = scheduler.torch_scheduler.state_dict()
+    lr = learner.optimizer.param_groups[0]["lr"]
+    for _ in range(3):  # a plateau scheduler would reduce the rate after these
+        learner.evaluate(VALID)
+        learner.predict(VALID)
+    assert scheduler.torch_scheduler.state_dict() == state
+    assert learner.optimizer.param_groups[0]["lr"] == lr
+    plan = fp.explain(learner, [fp.PredictionPhase()])
+    assert "Scheduler" not in plan.split("  PredictionPhase\n")[1].split("\n\n")[0]
