@@ -250,3 +250,23 @@ def test_callbacks_name_the_models_own_layers_and_parameters_when_it_is_compiled
         else None)
     compiled.fit(1)
     assert torch.allclose(stats.mean[-4:, 0], torch.stack([a.mean() for a in hidden]))
+
+
+class DtypeNet(Net):
+    """`Net` whose output also says the dtype its hidden layer computed in."""
+
+    def forward(self, x):
+        hidden = self.hidden(x)
+        return self.out(torch.tanh(hidden)).float(), hidden.dtype
+
+
+def test_mixed_precision_applies_inside_the_compiled_forward():
+    dtypes = []
+    seen = fp.CustomCallback(lambda learner: dtypes.append(learner.batch.preds[1]),
+                             fp.LossBegin, fp.TrainingPhase,
+                             access=fp.Access(batch=fp.Access(preds=fp.Read())))
+    compiled = fp.Learner(DtypeNet(), lambda preds, ys: torch.nn.functional.mse_loss(preds[0], ys),
+                          data=data(), callbacks=[fp.MixedPrecision(torch.bfloat16), seen],
+                          use_default_callbacks=False, compile={"backend": run_graph})
+    compiled.fit(1)
+    assert dtypes == [torch.bfloat16] * 4
