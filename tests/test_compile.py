@@ -214,3 +214,59 @@ def test_under_ddp_the_compiled_model_is_what_ddp_wraps(one_rank_group, tmp_path
     fp.save_checkpoint(compiled, tmp_path / "ddp.pt")
     assert list(torch.load(tmp_path / "ddp.pt", weights_only=True)["model"]) == list(
         Net().state_dict())
+
+
+class HistogramNames(fp.LogBackend):
+    """A logging backend that keeps the names of the histograms it is given."""
+
+    def __init__(self):
+        self.names = set()
+
+    def log_scalar(self, name, value, *, step, phase, axis):
+        pass
+
+    def log_histogram(self, name, values, *, step, phase):
+        self.names.add(name)
+
+
+def run_graph(graph_module, example_inputs):
+    """A torch.compile backend that runs dynamo's graph as it is (no C++ to compile)."""
+    return graph_module.forward
+
+
+def test_callbacks_name_the_models_own_layers_and_parameters_when_it_is_compiled():
+    torch.manual_seed(0)
+    stats, names = fp.ActivationStats(), HistogramNames()
+    compiled = fp.Learner(Net(), torch.nn.functional.mse_loss, data=data(),
+                          callbacks=[stats, fp.Recorder(), fp.LogHistograms(names)],
+                          use_default_callbacks=False, compile={"backend": run_graph})
+    compiled.fit(1)
+    assert stats.layers == ("hidden", "out")
+    assert names.names == {"params/hidden.weight", "params/hidden.bias", "params/out.weight",
+                           "params/out.bias"}
+    hidden = []
+    fp.unwrap_model(compiled.model).hidden.register_forward_hook(
+        lambda module, inputs, output: hidden.append(output.detach()) if module.training
+        else None)
+    compiled.fit(1)
+    assert torch.allclose(stats.mean[-4:, 0], torch.stack([a.mean() for a in hidden]))
+
+
+class DtypeNet(Net):
+    """`Net` whose output also says the dtype its hidden layer computed in."""
+
+    def forward(self, x):
+        hidden = self.hidden(x)
+        return self.out(torch.tanh(hidden)).float(), hidden.dtype
+
+
+def test_mixed_precision_applies_inside_the_compiled_forward():
+    dtypes = []
+    seen = fp.CustomCallback(lambda learner: dtypes.append(learner.batch.preds[1]),
+                             fp.LossBegin, fp.TrainingPhase,
+                             access=fp.Access(batch=fp.Access(preds=fp.Read())))
+    compiled = fp.Learner(DtypeNet(), lambda preds, ys: torch.nn.functional.mse_loss(preds[0], ys),
+                          data=data(), callbacks=[fp.MixedPrecision(torch.bfloat16), seen],
+                          use_default_callbacks=False, compile={"backend": run_graph})
+    compiled.fit(1)
+    assert dtypes == [torch.bfloat16] * 4

@@ -4,14 +4,12 @@ the notebook captured: the outputs of each cell and the widgets' final state."""
 
 import ast
 import re
+import subprocess
+import sys
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
-
-import fluxpy as fp
-
-TRAIN, VALID = fp.TrainingPhase(), fp.ValidationPhase()
 
 CELLS = [
     # 0: widget bars and the HTML table
@@ -124,3 +122,15 @@ def test_outside_a_kernel_nothing_is_a_notebook():
     from fluxpy.support.notebook import in_notebook
 
     assert in_notebook() is False
+
+
+def test_ipython_in_a_terminal_is_not_a_notebook_even_with_ipykernel_imported():
+    script = (
+        "from IPython.terminal.interactiveshell import TerminalInteractiveShell\n"
+        "TerminalInteractiveShell.instance()\n"
+        "import ipykernel.zmqshell\n"
+        "from fluxpy.support.notebook import in_notebook\n"
+        "print(in_notebook())\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.strip() == "False"

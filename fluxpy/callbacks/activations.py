@@ -39,6 +39,7 @@ from ..core.callback import Callback, on, stateaccess
 from ..core.events import EpochEnd, FitBegin, FitEnd, StepBegin, StepEnd
 from ..core.every import Every
 from ..core.phases import AbstractTrainingPhase, Phase
+from ..support.checkpoint import unwrap_model
 from .periodic import as_every, due_after_step
 
 __all__ = ["ActivationStats"]
@@ -191,7 +192,7 @@ def _activations_access(cb: ActivationStats):
 
 @on.dispatch
 def _activations_fit_begin(event: FitBegin, phase: Phase, cb: ActivationStats, learner):
-    hooked = _hooked(learner.model, cb.modules)
+    hooked = _hooked(unwrap_model(learner.model), cb.modules)
     if cb.layers and cb.layers != tuple(name for name, _ in hooked):
         raise ValueError(f"ActivationStats: the hooked layers changed between fits "
                          f"({cb.layers} before); use a new ActivationStats")

@@ -53,6 +53,7 @@ from ..core.callback import Callback, on, stateaccess
 from ..core.events import EpochEnd, FitBegin, FitEnd, StepEnd
 from ..core.every import Every
 from ..core.phases import AbstractTrainingPhase, Phase
+from ..support.checkpoint import unwrap_model
 from ..support.distributed import is_rank_zero
 from .backends import LogBackend
 from .periodic import as_every, due_after_step
@@ -367,7 +368,7 @@ def _log_hyperparams_epoch_end(event: EpochEnd, phase: AbstractTrainingPhase,
 
 
 def _log_histograms(cb: LogHistograms, learner, phase: Phase, step: int) -> None:
-    for name, param in learner.model.named_parameters():
+    for name, param in unwrap_model(learner.model).named_parameters():
         for backend in cb.backends:
             backend.log_histogram(f"params/{name}", param.detach(), step=step, phase=str(phase))
 

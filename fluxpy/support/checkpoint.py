@@ -9,8 +9,9 @@ A checkpoint is one `torch.save` file holding a dict:
 
     format      "fluxpy.support.checkpoint", the marker that tells it from other torch files
     version     FORMAT_VERSION; files from a newer version are refused
-    model       the model's state_dict (of `model.module` when the model is wrapped in
-                DistributedDataParallel, so checkpoints move freely between DDP and one process)
+    model       the model's state_dict (of `unwrap_model(model)`: without the wrapper of
+                DistributedDataParallel or torch.compile, so checkpoints move freely between
+                DDP and one process, compiled and plain models)
     optimizer   the optimizer's state_dict
     optimizer_class  its class ("torch.optim.adamw.AdamW"): another optimizer's state is refused
     scaler      `learner.scaler.state_dict()`, or None
