@@ -84,10 +84,13 @@ class RunBackend(LogBackend):
                 self._end(run_status(error))
 
     def close(self) -> None:
-        """Ends a run started by logging outside a fit; a fit's run ends with `end_fit`."""
+        """Flushes; ends a run started by logging outside a fit (a fit's run ends with
+        `end_fit`)."""
         with self._lock:
-            if self._users == 0 and self._running:
-                self._end("FINISHED")
+            if self._running:
+                self.flush()
+                if self._users == 0:
+                    self._end("FINISHED")
 
     def state_dict(self) -> dict:
         return {} if self.run_id is None else {"run_id": self.run_id}
@@ -114,6 +117,7 @@ class RunBackend(LogBackend):
         raise NotImplementedError(f"{type(self).__name__} must implement _open")
 
     def _finish(self, status: str) -> None:
+        """End the run (after sending what is still buffered) with `status`."""
         raise NotImplementedError(f"{type(self).__name__} must implement _finish")
 
     def _log_text(self, path: str, text: str) -> None:
