@@ -32,7 +32,10 @@ BATCH = 1000
 
 
 class MLflowBackend(RunBackend):
-    """Logs to MLflow runs; see the module docstring.
+    """Logs to MLflow runs: one run per `fit`, ended FINISHED, FAILED or KILLED, with
+    `fp.explain`'s text and the callback graph under `fluxpy/` in its artifacts. Metrics are
+    `name/phase` per epoch and `name/phase/step` per step; a histogram is logged as its
+    `/mean`, `/std`, `/min` and `/max`. See `fluxpy.callbacks.mlflow_backend`.
 
     Args:
         tracking_uri: where MLflow stores runs: a folder or `file:` URI (a local file store),

@@ -48,7 +48,11 @@ def run_status(error: BaseException | None) -> str:
 
 
 class RunBackend(LogBackend):
-    """A backend logging to runs of an experiment tracker; see the module docstring.
+    """A backend logging to runs of an experiment tracker: the logging callbacks that share
+    it start one run per `fit` (`start_fit`) and the last to end it (`end_fit`) ends the run,
+    with the status its error calls for; its id is saved in checkpoints (`state_dict`), so a
+    resumed fit continues it. Subclasses implement `_open`, `_finish`, `_log_text` and the
+    logging methods; see `fluxpy.callbacks.tracking`.
 
     Attributes:
         run_id: the id of the run being logged to, or of the last one (`None` before any).
