@@ -11,6 +11,8 @@ of the phase, from 1) or `"step"` (the phase's steps, from 0, as schedules count
   `name`, in the run of their phase's steps.
 - `CSVBackend(path)`: one row per scalar, columns `axis,step,phase,name,value`; histograms are
   not written.
+- Experiment trackers, one run per `fit`: `MLflowBackend` and `WandbBackend`, in modules of
+  their own (`fluxpy.callbacks.tracking` says what they share).
 
 The logging callbacks call `purge(step, phase=, axis=)` at `FitBegin` with the step each phase
 and axis continues from, `flush()` at each epoch end and `close()` at `FitEnd`, which fires

@@ -10,12 +10,15 @@ index), as in `TensorBoardBackend`: `loss/TrainingPhase`, `lr/TrainingPhase/step
 no histograms: a histogram is logged as its `/mean`, `/std`, `/min` and `/max`.
 
 It talks to MLflow through its own `MlflowClient`, not MLflow's global active run, so several
-backends (and your own `mlflow.start_run`) do not interfere. Needs the `mlflow` extra:
+backends (and your own `mlflow.start_run`) do not interfere. Values are kept until `flush()`
+(every epoch end) and the run's end, and then sent in batches (`log_batch`): training does not
+wait for a tracking server at every step. Needs the `mlflow` extra:
 `pip install 'fluxpy[mlflow]'`.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -24,9 +27,15 @@ from .tracking import RunBackend
 
 __all__ = ["MLflowBackend"]
 
+#: The most metric values MLflow takes in one `log_batch`.
+BATCH = 1000
+
 
 class MLflowBackend(RunBackend):
-    """Logs to MLflow runs; see the module docstring.
+    """Logs to MLflow runs: one run per `fit`, ended FINISHED, FAILED or KILLED, with
+    `fp.explain`'s text and the callback graph under `fluxpy/` in its artifacts. Metrics are
+    `name/phase` per epoch and `name/phase/step` per step; a histogram is logged as its
+    `/mean`, `/std`, `/min` and `/max`. See `fluxpy.callbacks.mlflow_backend`.
 
     Args:
         tracking_uri: where MLflow stores runs: a folder or `file:` URI (a local file store),
@@ -43,6 +52,7 @@ class MLflowBackend(RunBackend):
         self.experiment = experiment
         self.run_name = run_name
         self._client: Any = None
+        self._pending: list[tuple[str, float, int, int]] = []  # (key, value, time in ms, step)
 
     def __repr__(self) -> str:
         return (f"MLflowBackend(tracking_uri={self.tracking_uri!r}, "
@@ -52,17 +62,31 @@ class MLflowBackend(RunBackend):
         key = f"{name}/{phase}" if axis == "epoch" else f"{name}/{phase}/{axis}"
         with self._lock:
             self._ensure_run()
-            self._client.log_metric(self.run_id, key, float(value), step=step)
+            self._pending.append((key, float(value), int(time.time() * 1000), step))
 
     def log_histogram(self, name: str, values: torch.Tensor, *, step: int, phase: str) -> None:
         values = values.detach().double().flatten().cpu()
         stats = torch.stack([values.mean(), values.std() if values.numel() > 1
                              else torch.zeros((), dtype=values.dtype),
                              values.min(), values.max()]).tolist()
+        now = int(time.time() * 1000)
         with self._lock:
             self._ensure_run()
-            for stat, value in zip(("mean", "std", "min", "max"), stats):
-                self._client.log_metric(self.run_id, f"{name}/{stat}", value, step=step)
+            self._pending += [(f"{name}/{stat}", value, now, step)
+                              for stat, value in zip(("mean", "std", "min", "max"), stats)]
+
+    def flush(self) -> None:
+        """Send the values logged since the last flush."""
+        with self._lock:
+            if not self._pending:
+                return
+            from mlflow.entities import Metric
+
+            pending, self._pending = self._pending, []
+            for start in range(0, len(pending), BATCH):
+                self._client.log_batch(self.run_id, [
+                    Metric(key, value, timestamp, step)
+                    for key, value, timestamp, step in pending[start:start + BATCH]])
 
     def _open(self, run_id: str | None) -> str:
         if self._client is None:
@@ -93,6 +117,7 @@ class MLflowBackend(RunBackend):
         return self._client.create_experiment(name)
 
     def _finish(self, status: str) -> None:
+        self.flush()
         self._client.set_terminated(self.run_id, status=status)
 
     def _log_text(self, path: str, text: str) -> None:

@@ -48,7 +48,11 @@ def run_status(error: BaseException | None) -> str:
 
 
 class RunBackend(LogBackend):
-    """A backend logging to runs of an experiment tracker; see the module docstring.
+    """A backend logging to runs of an experiment tracker: the logging callbacks that share
+    it start one run per `fit` (`start_fit`) and the last to end it (`end_fit`) ends the run,
+    with the status its error calls for; its id is saved in checkpoints (`state_dict`), so a
+    resumed fit continues it. Subclasses implement `_open`, `_finish`, `_log_text` and the
+    logging methods; see `fluxpy.callbacks.tracking`.
 
     Attributes:
         run_id: the id of the run being logged to, or of the last one (`None` before any).
@@ -84,10 +88,13 @@ class RunBackend(LogBackend):
                 self._end(run_status(error))
 
     def close(self) -> None:
-        """Ends a run started by logging outside a fit; a fit's run ends with `end_fit`."""
+        """Flushes; ends a run started by logging outside a fit (a fit's run ends with
+        `end_fit`)."""
         with self._lock:
-            if self._users == 0 and self._running:
-                self._end("FINISHED")
+            if self._running:
+                self.flush()
+                if self._users == 0:
+                    self._end("FINISHED")
 
     def state_dict(self) -> dict:
         return {} if self.run_id is None else {"run_id": self.run_id}
@@ -114,6 +121,7 @@ class RunBackend(LogBackend):
         raise NotImplementedError(f"{type(self).__name__} must implement _open")
 
     def _finish(self, status: str) -> None:
+        """End the run (after sending what is still buffered) with `status`."""
         raise NotImplementedError(f"{type(self).__name__} must implement _finish")
 
     def _log_text(self, path: str, text: str) -> None:

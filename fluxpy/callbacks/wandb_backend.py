@@ -36,7 +36,10 @@ EXIT_CODES = {"FINISHED": 0, "FAILED": 1, "KILLED": 255}
 
 
 class WandbBackend(RunBackend):
-    """Logs to W&B runs; see the module docstring.
+    """Logs to W&B runs: one run per `fit` (exit code 0, 1 after an error, 255 after Ctrl-C),
+    with `fp.explain`'s text and the callback graph under `fluxpy/` in its files. Values are
+    `name/phase` per epoch and `name/phase/step` per step, each plotted against its own axis
+    (`phase/epoch`, `phase/step`). See `fluxpy.callbacks.wandb_backend`.
 
     Args:
         project: the W&B project; `None`: W&B's default (`WANDB_PROJECT`, else "uncategorized").

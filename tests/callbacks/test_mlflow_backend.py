@@ -232,16 +232,20 @@ def test_the_graph_report_is_read_through_a_declaration():
                                            fp.explain(learner).to_dot())
 
 
-def test_a_missing_experiment_is_created_and_histograms_need_no_fit(file_store):
+def test_a_backend_used_by_hand_logs_to_a_run_of_its_own(file_store):
     tracker = fp.MLflowBackend(file_store, experiment="by hand")
     tracker.log_scalar("loss", 2.5, step=1, phase="TrainingPhase", axis="epoch")
     tracker.log_histogram("w", torch.tensor([1.0, 3.0]), step=4, phase="TrainingPhase")
+    for step in range(2100):  # sent in batches of at most 1000 values
+        tracker.log_scalar("lr", step / 1000, step=step, phase="TrainingPhase", axis="step")
     tracker.close()
     (run,) = runs(file_store, "by hand")
     assert run.info.status == "FINISHED"
     assert history(file_store, run, "loss/TrainingPhase") == [(1, 2.5)]
     assert history(file_store, run, "w/mean") == [(4, 2.0)]
     assert history(file_store, run, "w/std") == [(4, pytest.approx(2 ** 0.5))]
+    assert history(file_store, run, "lr/TrainingPhase/step") == [
+        (step, step / 1000) for step in range(2100)]
 
 
 KILLED_RUN = """

@@ -127,20 +127,22 @@ def test_offline_runs_hold_the_metrics_and_the_graph(tmp_path):
     assert second.name.split("-")[-1] == tracker.run_id != first.name.split("-")[-1]
 
 
-def test_a_fit_that_raises_exits_its_run_failed(tmp_path):
+@pytest.mark.parametrize(("error", "exit_code"), [(ValueError("bad batch"), 1),
+                                                 (KeyboardInterrupt(), 255)])
+def test_a_fit_ended_by_an_error_or_ctrl_c_exits_its_run_failed(tmp_path, error, exit_code):
     def fail(learner):
         if learner.cbstate.history[TRAINING].epochs == 1:
-            raise ValueError("bad batch")
+            raise error
 
     tracker = fp.WandbBackend(project="failing", dir=tmp_path)
     learner = learner_with(fp.LogMetrics(tracker), fp.CustomCallback(
         fail, fp.StepBegin, fp.TrainingPhase,
         access=fp.Access(cbstate=fp.Access(history=fp.Read()))))
-    with pytest.raises(ValueError, match="bad batch"):
+    with pytest.raises(type(error)):
         learner.fit(3)
     (folder,) = run_folders(tmp_path)
-    rows, exit_code = logged(folder)
-    assert exit_code == 1
+    rows, logged_exit_code = logged(folder)
+    assert logged_exit_code == exit_code
     assert series(rows, "loss/TrainingPhase", "TrainingPhase/epoch") == [
         (1, pytest.approx(learner.cbstate.metricsepoch[TRAINING]["loss"][0]))]
 

@@ -50,9 +50,13 @@ def _launch(out: Path) -> str:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(WORKER), str(out),
            *SCENARIOS]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # The ranks run in `out`: what they write relative to their working directory (MLflow's
+    # SQLite store puts artifacts under ./mlruns) stays in the test's temporary folder.
+    root = str(Path(__file__).resolve().parents[2])
+    pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, start_new_session=True)
+                            env=env, cwd=out, start_new_session=True)
     try:
         output, _ = proc.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
