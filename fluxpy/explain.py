@@ -9,16 +9,19 @@ its readers), then the given order kept by `NoConflict` pairs. Names are padded 
 longest, however long. The result is a `str` with `to_mermaid()` and `to_dot()` for drawing
 the graph.
 
-`graph_report(learner)` is the same as plain values, a `GraphReport`: what experiment trackers
-(`fp.MLflowBackend`, `fp.WandbBackend`) store with each run. Callbacks may not import this module
-(it sits above them) and a handler's view cannot call the graph's methods, so handlers read it as
-`learner.graph_report`, declared with `graph_report=fp.Read()`; being a frozen record of strings,
-it reaches them as it is.
+`graph_report(learner)` is the same as plain values, with the graph's picture as PNG bytes
+(drawn by `fluxpy.support.graph_picture`, as `fp.plot_graph` draws it), a `GraphReport`: what
+experiment trackers (`fp.MLflowBackend`, `fp.WandbBackend`) store with each run. Callbacks may
+not import this module (it sits above them) and a handler's view cannot call the graph's
+methods, so handlers read it as `learner.graph_report`, declared with `graph_report=fp.Read()`;
+being a frozen record of strings and bytes, it reaches them as it is.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import attrs
 
@@ -35,6 +38,7 @@ from .core.phases import (
     ValidationPhase,
 )
 from .engine.firing import fires
+from .support.graph_picture import draw_graph
 
 __all__ = ["Explanation", "GraphReport", "explain", "graph_report"]
 
@@ -64,17 +68,25 @@ class GraphReport:
         explanation: `explain(learner)`'s text.
         mermaid: the callback graph as a Mermaid flowchart (`Explanation.to_mermaid()`).
         dot: the callback graph in Graphviz DOT (`Explanation.to_dot()`).
+        picture: the callback graph drawn as a PNG image (as `fp.plot_graph` draws it).
     """
 
     explanation: str
     mermaid: str
     dot: str
+    picture: bytes
 
 
 def graph_report(learner) -> GraphReport:
     """`learner`'s `GraphReport`, made now from its current graph."""
     text = explain(learner)
-    return GraphReport(str(text), text.to_mermaid(), text.to_dot())
+    graph = learner.graph
+    name = {id(cb): graph.names[i] for i, cb in enumerate(graph.callbacks)}
+    members = {name[id(cb)]: type(learner.groups[id(cb)]).__name__ for cb in graph.callbacks
+               if id(cb) in learner.groups}
+    with tempfile.TemporaryDirectory() as folder:
+        picture = draw_graph(graph, Path(folder) / "graph.png", members).read_bytes()
+    return GraphReport(str(text), text.to_mermaid(), text.to_dot(), picture)
 
 
 def explain(learner, phases: Sequence[Phase] | None = None, *, empty: bool = False) -> Explanation:

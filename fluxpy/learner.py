@@ -381,9 +381,9 @@ class Learner:
 
     @property
     def graph_report(self) -> GraphReport:
-        """`fp.explain(self)`'s text and the callback graph as Mermaid and DOT, as plain strings
-        (made when read): what a handler declaring `graph_report=fp.Read()` can read of the
-        graph, e.g. to store it with an experiment tracker's run."""
+        """`fp.explain(self)`'s text and the callback graph as Mermaid, DOT and a PNG picture,
+        as plain values (made when read): what a handler declaring `graph_report=fp.Read()`
+        can read of the graph, e.g. to store it with an experiment tracker's run."""
         return graph_report(self)
 
     # Each change is checked at once: a graph error (or a failing `init`) is raised at the call

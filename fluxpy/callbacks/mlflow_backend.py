@@ -18,7 +18,9 @@ wait for a tracking server at every step. Needs the `mlflow` extra:
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -120,5 +122,8 @@ class MLflowBackend(RunBackend):
         self.flush()
         self._client.set_terminated(self.run_id, status=status)
 
-    def _log_text(self, path: str, text: str) -> None:
-        self._client.log_text(self.run_id, text, path)
+    def _log_file(self, path: str, data: bytes) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            file = Path(folder) / Path(path).name
+            file.write_bytes(data)
+            self._client.log_artifact(self.run_id, str(file), str(Path(path).parent))

@@ -4,9 +4,10 @@ A `RunBackend` is a `LogBackend` whose values go to a run of an experiment track
 logging callbacks (`LogMetrics`, `LogHyperParams`, `LogHistograms`) do with one, on rank 0:
 
 - at `FitBegin` each calls `start_fit(report)`: the first call of a fit starts a run (or
-  continues the one a loaded checkpoint names) and stores `report` with it as text artifacts
-  under `fluxpy/`: `explain.txt` (`fp.explain`'s text), `graph.mmd` (Mermaid) and `graph.dot`
-  (DOT), so the run records which callbacks ran, in which order and why;
+  continues the one a loaded checkpoint names) and stores `report` with it as artifacts under
+  `fluxpy/`: `explain.txt` (`fp.explain`'s text), `graph.mmd` (Mermaid), `graph.dot` (DOT)
+  and `graph.png` (the picture), so the run records which callbacks ran, in which order and
+  why;
 - at `FitEnd` (which fires also after an error or Ctrl-C) each calls `end_fit(error)`; the
   last one ends the run: FINISHED, FAILED after an error, KILLED after `KeyboardInterrupt`.
 
@@ -25,7 +26,7 @@ ends it.
 
 Extending:
     Subclass `RunBackend` and implement `_open(run_id)` (start a run, or continue `run_id`;
-    return its id), `_finish(status)`, `_log_text(path, text)`, `log_scalar` and, if the
+    return its id), `_finish(status)`, `_log_file(path, data)`, `log_scalar` and, if the
     tracker has them, `log_histogram`; call them only through the public methods, which hold
     the lock (several callbacks and threads may share one backend).
 """
@@ -51,7 +52,7 @@ class RunBackend(LogBackend):
     """A backend logging to runs of an experiment tracker: the logging callbacks that share
     it start one run per `fit` (`start_fit`) and the last to end it (`end_fit`) ends the run,
     with the status its error calls for; its id is saved in checkpoints (`state_dict`), so a
-    resumed fit continues it. Subclasses implement `_open`, `_finish`, `_log_text` and the
+    resumed fit continues it. Subclasses implement `_open`, `_finish`, `_log_file` and the
     logging methods; see `fluxpy.callbacks.tracking`.
 
     Attributes:
@@ -74,10 +75,10 @@ class RunBackend(LogBackend):
             if not self._running:
                 self._start(self._resume)
                 self._resume = None
-                self._log_text("fluxpy/explain.txt", report.explanation)
-                self._log_text("fluxpy/graph.mmd", report.mermaid)
-                self._log_text("fluxpy/graph.dot", report.dot)
-                # The graph's picture is added here once fluxpy can draw it.
+                self._log_file("fluxpy/explain.txt", report.explanation.encode())
+                self._log_file("fluxpy/graph.mmd", report.mermaid.encode())
+                self._log_file("fluxpy/graph.dot", report.dot.encode())
+                self._log_file("fluxpy/graph.png", report.picture)
             self._users += 1  # (not when starting failed: then no FitEnd ends its run)
 
     def end_fit(self, error: BaseException | None) -> None:
@@ -124,5 +125,6 @@ class RunBackend(LogBackend):
         """End the run (after sending what is still buffered) with `status`."""
         raise NotImplementedError(f"{type(self).__name__} must implement _finish")
 
-    def _log_text(self, path: str, text: str) -> None:
-        raise NotImplementedError(f"{type(self).__name__} must implement _log_text")
+    def _log_file(self, path: str, data: bytes) -> None:
+        """Store `data` with the run as the file `path` (e.g. "fluxpy/graph.png")."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _log_file")

@@ -99,8 +99,8 @@ class WandbBackend(RunBackend):
         run, self.run = self.run, None
         run.finish(exit_code=EXIT_CODES[status])
 
-    def _log_text(self, path: str, text: str) -> None:
+    def _log_file(self, path: str, data: bytes) -> None:
         file = Path(self.run.dir) / path
         file.parent.mkdir(parents=True, exist_ok=True)
-        file.write_text(text)
+        file.write_bytes(data)
         self.run.save(str(file), base_path=self.run.dir, policy="now")

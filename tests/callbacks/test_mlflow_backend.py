@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.request
 
+import matplotlib.image
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -112,6 +113,14 @@ def check_run(uri, run, learner, epochs):
         assert f.read() == explanation.to_mermaid()
     with open(artifact(uri, run, "fluxpy/graph.dot")) as f:
         assert f.read() == explanation.to_dot()
+    assert_png(artifact(uri, run, "fluxpy/graph.png"))
+
+
+def assert_png(path):
+    """`path` is a PNG picture of a graph (an image of some size, not blank)."""
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] > 100 and image.shape[1] > 100
+    assert image.min() < image.max()
 
 
 def test_file_store_gets_one_run_per_fit(file_store):
@@ -230,6 +239,7 @@ def test_the_graph_report_is_read_through_a_declaration():
     assert report.explanation == str(fp.explain(learner))
     assert (report.mermaid, report.dot) == (fp.explain(learner).to_mermaid(),
                                            fp.explain(learner).to_dot())
+    assert report.picture.startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def test_a_backend_used_by_hand_logs_to_a_run_of_its_own(file_store):

@@ -9,6 +9,7 @@ import json
 import struct
 from pathlib import Path
 
+import matplotlib.image
 import pytest
 import wandb
 from wandb.proto import wandb_internal_pb2
@@ -120,6 +121,8 @@ def test_offline_runs_hold_the_metrics_and_the_graph(tmp_path):
     assert (files / "explain.txt").read_text() == str(explanation)
     assert (files / "graph.mmd").read_text() == explanation.to_mermaid()
     assert (files / "graph.dot").read_text() == explanation.to_dot()
+    image = matplotlib.image.imread(files / "graph.png")
+    assert image.shape[0] > 100 and image.shape[1] > 100 and image.min() < image.max()
     rows, exit_code = logged(second)
     assert exit_code == 0
     assert series(rows, "loss/TrainingPhase", "TrainingPhase/epoch") == [
