@@ -58,7 +58,8 @@ goes on (`fluxpy.support.async_save`). Before it reads the learner's state again
 save, or the end of a round) the Checkpointer waits for the write still running, and raises
 its failure there; `FitEnd` waits for the last one and writes the state `fit` stopped at
 itself, so when `fit` returns or raises every file is complete. Under DDP the other ranks
-wait for rank 0's copy, not its write.
+wait for rank 0's copy, not its write. Sharded (FSDP) checkpoints are written by every rank
+on the training thread: `async_save` is refused for them.
 """
 
 from __future__ import annotations
@@ -81,7 +82,13 @@ from ..core.events import EpochEnd, FitBegin, FitEnd, StepEnd
 from ..core.every import Every
 from ..core.phases import AbstractTrainingPhase, Phase, ValidationPhase
 from ..support.async_save import BackgroundWriter, host_snapshot
-from ..support.checkpoint import best_scored, checkpoint_files, checkpoint_state, write_checkpoint
+from ..support.checkpoint import (
+    best_scored,
+    checkpoint_files,
+    checkpoint_state,
+    unwrap_model,
+    write_checkpoint,
+)
 from ..support.checkpoint_ranks import gather_rank_states
 from ..support.checkpoint_sharded import (
     is_sharded,
@@ -90,6 +97,7 @@ from ..support.checkpoint_sharded import (
     save_sharded,
 )
 from ..support.distributed import on_rank_zero
+from ..support.strategies import is_sharded_model
 
 __all__ = ["Checkpointer"]
 
@@ -276,6 +284,12 @@ def _checkpointer_access(cb: Checkpointer):
 
 @on.dispatch
 def _checkpointer_fit_begin(event: FitBegin, phase: Phase, cb: Checkpointer, learner):
+    if cb.async_save and is_sharded_model(unwrap_model(learner.model)):
+        raise ValueError(
+            "Checkpointer(async_save=True) writes one-file checkpoints in the background, and "
+            "this model is sharded with fp.FSDP: its checkpoints are folders that every rank "
+            "writes itself, on the training thread. Remove async_save=True."
+        )
     cb._phases_ended, cb._steps, cb._cut, cb._last_save = 0, 0, None, clock()
     cb._hook = lambda: _take_cut(cb, learner)
     learner.position.on_cut.append(cb._hook)
