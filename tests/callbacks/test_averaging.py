@@ -2,19 +2,9 @@
 
 import pytest
 import torch
+from linear_data import N_BATCHES, TRAIN, VALID
 
 import fluxpy as fp
-
-N_BATCHES = 3
-
-
-def batches(seed: int, n: int = N_BATCHES) -> list:
-    g = torch.Generator().manual_seed(seed)
-    return [(x, x @ torch.tensor([[2.0], [-1.0]]) + torch.randn(8, 1, generator=g))
-            for x in (torch.randn(8, 2, generator=g) for _ in range(n))]
-
-
-TRAIN, VALID = batches(1), batches(2)
 
 
 def new_model(batchnorm: bool = False) -> torch.nn.Module:

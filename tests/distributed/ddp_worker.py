@@ -18,24 +18,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.utils.data import DataLoader, TensorDataset
+from worker_common import StopOnRankOne, batches, exit_rank, regression
 
 import fluxpy as fp
 import fluxpy.support.distributed
 
 OUT = Path(sys.argv[1]) if __name__ == "__main__" else Path()
 RANK = int(os.environ.get("RANK", 0))
-
-
-def regression(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    xs = torch.randn(n, 3, generator=g)
-    ys = xs @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.3 + 0.1 * torch.randn(n, 1, generator=g)
-    return xs, ys
-
-
-def batches(n: int, seed: int, size: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    xs, ys = regression(n * size, seed)
-    return [(xs[i:i + size], ys[i:i + size]) for i in range(0, n * size, size)]
 
 
 def model() -> torch.nn.Module:
@@ -89,21 +78,6 @@ class EpochLog(fp.RankZeroOnly, fp.Callback):
 def _log_epoch(event: fp.EpochEnd, phase: fp.TrainingPhase, cb: EpochLog, learner):
     with open(cb.path, "a") as f:
         f.write(f"rank {fluxpy.support.distributed.rank()}\n")
-
-
-@attrs.define
-class StopOnRankOne(fp.Callback):
-    """Raises CancelFitException at StepEnd of training step `at`, on rank 1 only."""
-
-    at: int
-    steps: int = 0
-
-
-@fp.on.dispatch
-def _stop_step_end(event: fp.StepEnd, phase: fp.TrainingPhase, cb: StopOnRankOne, learner):
-    cb.steps += 1
-    if cb.steps == cb.at and fluxpy.support.distributed.rank() == 1:
-        raise fp.CancelFitException("rank 1 asked to stop")
 
 
 def history(learner: fp.Learner) -> dict:
@@ -411,9 +385,4 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     for name in sys.argv[2:]:
         globals()[name]()
-    dist.destroy_process_group()
-    # Skip the interpreter's teardown: torch's C++ destructors at exit abort now and then
-    # ("terminate called without an active exception") after everything was written.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_rank()

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
+from worker_common import exit_rank
 
 import fluxpy as fp
 from fluxpy.support import distributed
@@ -52,9 +53,4 @@ def main(out: Path, async_save: bool) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), sys.argv[2] == "async")
-    torch.distributed.destroy_process_group()
-    # Skip the interpreter's teardown: torch's C++ destructors at exit abort now and then
-    # ("terminate called without an active exception") after everything was written.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_rank()

@@ -6,18 +6,13 @@ turn); each test reads the files one scenario left and asserts one behaviour.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from launch import finish, load_worker, torchrun, two_ranks
 from mlflow.tracking import MlflowClient
 
 import fluxpy as fp
@@ -29,42 +24,15 @@ SCENARIOS = ("train", "stop", "nan", "early", "accumulate", "resume", "midresume
              "limits", "timed", "tracked")
 TIMEOUT = 120
 
-
-def _load_worker():
-    spec = importlib.util.spec_from_file_location("ddp_worker", WORKER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+worker = load_worker(WORKER)
 
 
-worker = _load_worker()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _launch(out: Path) -> str:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(WORKER), str(out),
-           *SCENARIOS]
+def _launch(out: Path) -> None:
     # The ranks run in `out`: what they write relative to their working directory (MLflow's
     # SQLite store puts artifacts under ./mlruns) stays in the test's temporary folder.
-    root = str(Path(__file__).resolve().parents[2])
-    pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, cwd=out, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"the two ranks did not finish in {TIMEOUT} s (a hang):\n{output[-4000:]}")
+    proc = torchrun(*two_ranks(WORKER, str(out), *SCENARIOS), cwd=out)
+    (output,) = finish([proc], TIMEOUT)
     assert proc.returncode == 0, output[-6000:]
-    return output
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,9 @@ plain process (no process group).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,43 +19,20 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from launch import finish, free_port, load_worker, torchrun, two_ranks
 
 import fluxpy as fp
 
 WORKER = Path(__file__).with_name("fsdp_worker.py")
 TIMEOUT = 180
 
-
-def _load_worker():
-    spec = importlib.util.spec_from_file_location("fsdp_worker", WORKER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-worker = _load_worker()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+worker = load_worker(WORKER)
 
 
 def launch(out: Path, *scenarios: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(WORKER), str(out),
-           *scenarios]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"the two ranks did not finish in {TIMEOUT} s (a hang):\n{output[-4000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, output)
+    proc = torchrun(*two_ranks(WORKER, str(out), *scenarios))
+    (output,) = finish([proc], TIMEOUT)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, output)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +56,7 @@ def _one_process_sharded_checkpoint(folder: Path) -> None:
     """An FSDP learner in a one-process gloo group (as `torchrun --nproc_per_node=1` gives)
     saves a sharded checkpoint, in this process."""
     dist.init_process_group("gloo", rank=0, world_size=1,
-                            init_method=f"tcp://127.0.0.1:{_free_port()}")
+                            init_method=f"tcp://127.0.0.1:{free_port()}")
     try:
         learner = worker.learner(fp.FSDP(), [fp.Checkpointer(folder / "one-sharded")],
                                  optimizer=worker.adam)
@@ -245,9 +219,8 @@ def test_a_damaged_shard_is_a_checkpoint_error_that_changes_nothing(out, tmp_pat
 
 def test_the_fsdp_example_prints_what_the_tutorial_shows(tmp_path):
     root = Path(__file__).parents[2]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-           str(root / "examples" / "train_fsdp.py"), str(tmp_path / "checkpoints")]
+    cmd = [sys.executable, "-m", "torch.distributed.run",
+           *two_ranks(root / "examples" / "train_fsdp.py", str(tmp_path / "checkpoints"))]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-4000:]

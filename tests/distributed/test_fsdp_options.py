@@ -10,17 +10,6 @@ import torch.nn.functional as F
 import fluxpy as fp
 
 
-@pytest.fixture
-def world_of_one(monkeypatch):
-    """A real one-process gloo group, as `torchrun --nproc_per_node=1` would give."""
-    for name, value in {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0",
-                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "0"}.items():
-        monkeypatch.setenv(name, value)
-    yield
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def sgd(params):
     return torch.optim.SGD(params, lr=0.1)
 

@@ -11,56 +11,28 @@ synchronous ones hold.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launch import finish, free_port, torchrun, two_ranks
 
 WORKER = Path(__file__).with_name("multinode_worker.py")
 TIMEOUT = 180
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _torchrun(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
-
-
-def _finish(launchers: list[subprocess.Popen]) -> None:
-    outputs = []
-    try:
-        for proc in launchers:
-            outputs.append(proc.communicate(timeout=TIMEOUT)[0])
-    except subprocess.TimeoutExpired:
-        for proc in launchers:
-            os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail(f"the launchers did not finish in {TIMEOUT} s (a hang)")
-    for proc, output in zip(launchers, outputs):
-        assert proc.returncode == 0, output[-6000:]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, list[dict]]:
     out = tmp_path_factory.mktemp("multinode")
-    endpoint = f"127.0.0.1:{_free_port()}"
-    nodes = [_torchrun("--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
-                       f"--rdzv-endpoint={endpoint}", "--rdzv-id=fluxpy-test",
-                       f"--node-rank={node}", str(WORKER), str(out / "nodes"), "async")
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [torchrun("--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
+                      f"--rdzv-endpoint={endpoint}", "--rdzv-id=fluxpy-test",
+                      f"--node-rank={node}", str(WORKER), str(out / "nodes"), "async")
              for node in (0, 1)]
-    one = _torchrun("--nproc_per_node=2", "--master_addr=127.0.0.1",
-                    f"--master_port={_free_port()}", str(WORKER), str(out / "one"), "sync")
-    _finish([*nodes, one])
+    one = torchrun(*two_ranks(WORKER, str(out / "one"), "sync"))
+    launchers = [*nodes, one]
+    for proc, output in zip(launchers, finish(launchers, TIMEOUT)):
+        assert proc.returncode == 0, output[-6000:]
     return {run: [json.loads((out / run / f"rank{r}.json").read_text()) for r in (0, 1)]
             for run in ("nodes", "one")} | {"out": out}
 

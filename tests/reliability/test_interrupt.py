@@ -1,13 +1,11 @@
 """Ctrl-C (SIGINT) during `fit`, in a real process: FitEnd handlers run, the Checkpointer
 writes its final checkpoint, a log file is closed, and KeyboardInterrupt reaches the caller."""
 
-import signal
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
+from children import interrupt, start, wait_for
 
 import fluxpy as fp
 from fluxpy.testing import test_learner
@@ -76,14 +74,9 @@ def interrupted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("interrupt")
     script = tmp / "train.py"
     script.write_text(SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp / "ckpt"), str(tmp / "log.csv")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "waiting"
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
+    proc = start(script, str(tmp / "ckpt"), str(tmp / "log.csv"))
+    wait_for(proc, "waiting")
+    stderr = interrupt(proc)
     return proc.returncode, stderr, tmp
 
 

@@ -11,16 +11,15 @@ The folder must load its latest complete checkpoint, and Ctrl-C must leave the s
 complete when KeyboardInterrupt reaches the caller.
 """
 
-import importlib.util
 import random
 import re
 import signal
 import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
+from children import child_script, interrupt, start, wait_for
 
 import fluxpy as fp
 
@@ -111,22 +110,12 @@ CHILD = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def child(tmp_path_factory):
-    script = tmp_path_factory.mktemp("child") / "asyncchild.py"
-    script.write_text(CHILD)
-    spec = importlib.util.spec_from_file_location("asyncchild", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return script, module
+    return child_script(tmp_path_factory.mktemp("child"), "asyncchild", CHILD)
 
 
-def start(child, folder):
-    script, _ = child
-    proc = subprocess.Popen([sys.executable, str(script), str(folder), folder.name],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline().strip()
-    if not line.startswith("writing"):
-        proc.kill()
-        pytest.fail(f"the child did not report its write: {line!r}\n{proc.stderr.read()}")
+def start_writing(child, folder):
+    proc = start(child[0], str(folder), folder.name)
+    line = wait_for(proc, "writing")
     assert line != "writing MainThread"  # the file is written off the training thread
     return proc
 
@@ -147,7 +136,7 @@ def check_folder(child, folder) -> dict:
 def test_a_kill_halfway_through_the_background_write_leaves_the_previous_checkpoint(
         child, tmp_path):
     folder = tmp_path / "halfway"
-    proc = start(child, folder)
+    proc = start_writing(child, folder)
     assert proc.stdout.readline().strip() == "step"  # training goes on during the write
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
@@ -161,7 +150,7 @@ def test_a_kill_halfway_through_the_background_write_leaves_the_previous_checkpo
 def test_a_kill_at_a_random_moment_of_the_background_write_leaves_a_loadable_folder(
         child, tmp_path):
     folder = tmp_path / "random"
-    proc = start(child, folder)
+    proc = start_writing(child, folder)
     delay = random.Random(3).uniform(0.0, 0.3)
     with pytest.raises(subprocess.TimeoutExpired):
         proc.wait(timeout=delay)
@@ -173,10 +162,9 @@ def test_a_kill_at_a_random_moment_of_the_background_write_leaves_a_loadable_fol
 
 def test_ctrl_c_during_the_background_write_finishes_it_before_fit_raises(child, tmp_path):
     folder = tmp_path / "interrupt"
-    proc = start(child, folder)
+    proc = start_writing(child, folder)
     assert proc.stdout.readline().strip() == "step"
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    stderr = interrupt(proc)
     assert proc.returncode == -signal.SIGINT and "KeyboardInterrupt" in stderr, stderr[-3000:]
     found = check_folder(child, folder)
     assert found["complete"] == ["epoch-0001.pt", "epoch-0002.pt"]

@@ -8,7 +8,6 @@ end), finishes the run, and must equal an uninterrupted run bit for bit, having 
 dataset items the killed run had not trained on since that checkpoint.
 """
 
-import importlib.util
 import random
 import signal
 import subprocess
@@ -17,6 +16,7 @@ import textwrap
 
 import pytest
 import torch
+from children import child_script
 
 import fluxpy as fp
 
@@ -84,11 +84,7 @@ SETUP = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    path = tmp_path_factory.mktemp("kill") / "setup_midepoch.py"
-    path.write_text(SETUP)
-    spec = importlib.util.spec_from_file_location("setup_midepoch", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    path, module = child_script(tmp_path_factory.mktemp("kill"), "setup_midepoch", SETUP)
     reference, train = module.make_learner(None)
     reference.fit(ROUNDS)
     module.reference, module.reference_reads = reference, train.reads
