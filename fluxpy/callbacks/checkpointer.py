@@ -58,8 +58,11 @@ goes on (`fluxpy.support.async_save`). Before it reads the learner's state again
 save, or the end of a round) the Checkpointer waits for the write still running, and raises
 its failure there; `FitEnd` waits for the last one and writes the state `fit` stopped at
 itself, so when `fit` returns or raises every file is complete. Under DDP the other ranks
-wait for rank 0's copy, not its write. Sharded (FSDP) checkpoints are written by every rank
-on the training thread: `async_save` is refused for them.
+wait for rank 0's copy, not its write. Under FSDP every rank copies its own shards and its
+thread writes them, with DCP's collectives on a gloo process group of their own (training
+keeps the default one); rank 0 renames the folder into place once every rank's shards are
+written. Every rank waits for its write at the same points, and a failure on any rank is
+raised on every rank, so that they stop together.
 """
 
 from __future__ import annotations
@@ -91,10 +94,12 @@ from ..support.checkpoint import (
 )
 from ..support.checkpoint_ranks import gather_rank_states
 from ..support.checkpoint_sharded import (
+    background_group,
     is_sharded,
     on_writing_ranks,
     remove_checkpoint,
     save_sharded,
+    wait_on_every_rank,
 )
 from ..support.distributed import on_rank_zero
 from ..support.strategies import is_sharded_model
@@ -154,6 +159,8 @@ class Checkpointer(UnsafeCallback):
     # (file name, copy of the state) taken where a limit of fit cut a training epoch
     _cut: tuple[str, dict | None] | None = attrs.field(default=None, init=False, repr=False)
     _writer: BackgroundWriter | None = attrs.field(default=None, init=False, repr=False)
+    # with async_save under FSDP: the process group of the background writes' collectives
+    _group: Any = attrs.field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.every, Every) and self.every.epochs is not None:
@@ -213,8 +220,9 @@ class Checkpointer(UnsafeCallback):
     def _save(self, epoch: int | str, state: dict, background: bool = True) -> None:
         name = epoch if isinstance(epoch, str) else f"epoch-{epoch:04d}.pt"
         if is_sharded(state):  # every rank writes its shards; rank 0 prunes
-            save_sharded(state, self.folder / name)
-            on_rank_zero(lambda: (_remove_leftovers(self.folder), self._prune()))
+            save_sharded(state, self.folder / name, self._writer if background else None,
+                         self._group, then=lambda: (_remove_leftovers(self.folder),
+                                                    self._prune()))
             return
         if self._writer is None or not background:
             self._write(name, state)
@@ -229,8 +237,11 @@ class Checkpointer(UnsafeCallback):
 
     def _wait_for_write(self) -> None:
         """With `async_save`, before the state (`scores` included) is read or changed: wait
-        for the write in progress (it prunes), raise its failure; every rank waits for rank 0."""
-        if self._writer is not None:
+        for the write in progress (it prunes), raise its failure; every rank waits for rank 0
+        (under FSDP: for its own write, and raises if any rank's failed)."""
+        if self._group is not None:
+            wait_on_every_rank(self._writer)
+        elif self._writer is not None:
             on_rank_zero(self._writer.wait)
 
     def _step_name(self, learner) -> str:
@@ -284,12 +295,8 @@ def _checkpointer_access(cb: Checkpointer):
 
 @on.dispatch
 def _checkpointer_fit_begin(event: FitBegin, phase: Phase, cb: Checkpointer, learner):
-    if cb.async_save and is_sharded_model(unwrap_model(learner.model)):
-        raise ValueError(
-            "Checkpointer(async_save=True) writes one-file checkpoints in the background, and "
-            "this model is sharded with fp.FSDP: its checkpoints are folders that every rank "
-            "writes itself, on the training thread. Remove async_save=True."
-        )
+    if cb.async_save and cb._group is None and is_sharded_model(unwrap_model(learner.model)):
+        cb._group = background_group()
     cb._phases_ended, cb._steps, cb._cut, cb._last_save = 0, 0, None, clock()
     cb._hook = lambda: _take_cut(cb, learner)
     learner.position.on_cut.append(cb._hook)

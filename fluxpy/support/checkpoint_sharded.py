@@ -48,6 +48,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.utils._pytree import tree_map_only
 
 from ..core.errors import CheckpointError
+from .async_save import BackgroundWriter, host_snapshot
 from .checkpoint import (
     SHARDED_META,
     _checked_parts,
@@ -61,8 +62,8 @@ from .checkpoint_ranks import own_rank_state
 from .distributed import all_gather_object, on_rank_zero
 from .strategies import is_sharded_model
 
-__all__ = ["is_sharded", "load_full_into_sharded", "load_sharded", "on_writing_ranks",
-           "remove_checkpoint", "save_sharded"]
+__all__ = ["background_group", "is_sharded", "load_full_into_sharded", "load_sharded",
+           "on_writing_ranks", "remove_checkpoint", "save_sharded", "wait_on_every_rank"]
 
 #: The parts of a state that DCP writes, each rank its shards.
 SHARDED_PARTS = ("model", "optimizer", "grads")
@@ -82,11 +83,18 @@ def on_writing_ranks(learner, fn: Callable[[], Any]) -> Any:
     return on_rank_zero(fn)
 
 
-def save_sharded(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write `state` (this rank's `checkpoint_state`) as the folder `path`, atomically.
+def save_sharded(state: dict[str, Any], path: str | os.PathLike,
+                 writer: BackgroundWriter | None = None, group: Any = None,
+                 then: Callable[[], None] = lambda: None) -> None:
+    """Write `state` (this rank's `checkpoint_state`) as the folder `path`, atomically, then
+    call `then()` on rank 0 (e.g. to prune older checkpoints).
 
     A collective: every rank calls it with its own state, at the same point. A folder or file
-    already at `path` is replaced.
+    already at `path` is replaced. With `writer` (each rank's own), the call returns once the
+    state is copied to host memory: the writer's thread writes the copy, DCP's collectives
+    going through `group` (`background_group()`, not the group training uses), and rank 0
+    renames the folder into place once DCP reports every rank's shards written. Wait for it
+    with `wait_on_every_rank(writer)`.
     """
     path = Path(path)
     paths = all_gather_object(str(path.absolute()))
@@ -96,19 +104,65 @@ def save_sharded(state: dict[str, Any], path: str | os.PathLike) -> None:
                               "shards into: give every rank the same path.")
     tmp = path.parent / f".{path.name}.sharded.tmp"
     on_rank_zero(lambda: remove_checkpoint(tmp))
+    if writer is None:
+        _write(state, tmp, path, group=None)
+        on_rank_zero(lambda: (_complete(_rest(state), tmp, path), then()))
+    else:  # the training thread waits for the copy only
+        snapshot = host_snapshot(state)
+        writer.submit(lambda: _write(snapshot, tmp, path, group, then), path)
+
+
+def _write(state: dict[str, Any], tmp: Path, path: Path, group: Any,
+           then: Callable[[], None] | None = None) -> None:
+    """Every rank: write its shards into `tmp` with DCP (a collective on `group`). With
+    `then` (a background write), rank 0 then completes the folder and calls `then()`."""
     shards = {key: state[key] for key in SHARDED_PARTS if state.get(key)}
     try:
-        dcp.save(shards, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True))
+        dcp.save(shards, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True),
+                 process_group=group)
     except (Exception, CheckpointException) as exc:
         raise CheckpointError(path, f"could not be written: torch.distributed.checkpoint "
                               f"failed with {_failure(exc)}. The previous checkpoints are "
                               "unchanged.") from exc
+    # DCP returns once rank 0 wrote its index of every rank's (fsynced) shards
+    if then is not None and torch.distributed.get_rank() == 0:
+        _complete(_rest(state), tmp, path)
+        then()
+
+
+def _rest(state: dict[str, Any]) -> dict[str, Any]:
+    """What `fluxpy.pt` holds: all but the shards, and what load_checkpoint checks the
+    optimizer by (its kind, groups and hyperparameters); the model's names and shapes are in
+    DCP's metadata."""
     rest = {key: value for key, value in state.items() if key not in SHARDED_PARTS}
-    # What load_checkpoint checks the optimizer by (its kind, groups and hyperparameters);
-    # the model's names and shapes are in DCP's metadata.
     rest["model"] = {}
     rest["optimizer"] = {"param_groups": state["optimizer"]["param_groups"], "state": {}}
-    on_rank_zero(lambda: _complete(rest, tmp, path))
+    return rest
+
+
+def background_group() -> Any:
+    """A gloo process group of every rank, for the collectives of background writes (a
+    collective: every rank calls it). Training's collectives keep the default group to
+    themselves: two threads must not use one group at once."""
+    return torch.distributed.new_group(backend="gloo")
+
+
+def wait_on_every_rank(writer: BackgroundWriter) -> None:
+    """Every rank: wait for its background write; if it failed on any rank, raise on every
+    rank (its own error where it failed), so that the ranks go on, or stop, together."""
+    error = None
+    try:
+        writer.wait()
+    except BaseException as exc:  # raised below, once every rank knows
+        error = exc
+    failed = [rank for rank, bad in enumerate(all_gather_object(error is not None)) if bad]
+    if error is not None:
+        raise error
+    if failed:
+        raise CheckpointError(writer.target, f"was not written: the background write failed on "
+                              f"rank {', '.join(map(str, failed))} (its error is raised there). "
+                              f"{writer.owner} stops here, on every rank; the checkpoints "
+                              "written before it are as they were.")
 
 
 def _complete(rest: dict[str, Any], tmp: Path, path: Path) -> None:

@@ -45,9 +45,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(out: Path, *scenarios: str) -> subprocess.CompletedProcess:
+def launch(out: Path, *scenarios: str, worker: Path = WORKER) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(WORKER), str(out),
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(worker), str(out),
            *scenarios]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
