@@ -131,7 +131,7 @@ class Checkpointer(UnsafeCallback):
         async_save: write each checkpoint on a background thread, from a copy of the state in
             host memory, so a training step waits for the copy only (see above). Keeps a
             copy of the model and optimizer state in host memory while a file is written.
-            Sharded checkpoints (FSDP) are written by every rank together, synchronously.
+            Under FSDP each rank copies its own shards and writes them on its own thread.
 
     It is an `UnsafeCallback`: it reads the whole learner (model, optimizer, scaler, every
     callback's `state_dict()`, `cbstate`), which is what a checkpoint is. Its own state

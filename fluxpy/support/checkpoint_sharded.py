@@ -19,7 +19,16 @@ rank) leaves the temporary folder, which loading ignores and the next save remov
 previous checkpoints as they were.
 
 `save_sharded(state, path)` is a collective: every rank calls it with its own
-`checkpoint_state`. `load_sharded(learner, path)` checks everything it can before changing the
+`checkpoint_state`. In the background (`Checkpointer(async_save=True)`), each rank copies its
+state to host memory and its `BackgroundWriter` thread writes the copy; DCP's collectives go
+through a gloo group of their own (`background_group`), never the default group that training
+uses meanwhile. DCP's save returns once rank 0 has written the index of every rank's shards,
+so rank 0's thread then writes `fluxpy.pt` and renames the folder: the same folder, with the
+same guarantees, as a synchronous save. `wait_on_every_rank` waits for the write on every
+rank, and raises on every rank if it failed on any, so that no rank goes on alone into a
+collective the others left.
+
+`load_sharded(learner, path)` checks everything it can before changing the
 learner (model names and shapes from DCP's metadata, the rest as for one file), loads the
 shards into copies, and only then into the learner.
 """
