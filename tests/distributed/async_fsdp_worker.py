@@ -126,6 +126,31 @@ def failed() -> None:
     fluxpy.support.checkpoint_sharded.write_checkpoint = real
 
 
+def failed_shards() -> None:
+    """Rank 1's background write of its shards fails at the second save: DCP tells rank 0,
+    and both ranks raise at the third."""
+    real = dcp.FileSystemWriter.write_data
+    calls = []
+
+    def failing(self, plan, planner):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, plan, planner)
+
+    if RANK == 1:
+        dcp.FileSystemWriter.write_data = failing
+    lrn = learner(fp.FSDP(), [fp.Recorder(), fp.Checkpointer(OUT / "failed_shards",
+                                                             async_save=True)], optimizer=adam)
+    try:
+        lrn.fit(4)
+    except fp.CheckpointError as error:
+        write("failed_shards", error=str(error),
+              epochs=lrn.cbstate.history[fp.TrainingPhase()].epochs,
+              files=sorted(os.listdir(OUT / "failed_shards")))
+    dcp.FileSystemWriter.write_data = real
+
+
 def killed() -> None:
     """A rank is killed in the middle of the second checkpoint's background write: rank 1
     while it writes its shards (`killed 1`), or rank 0 while it writes fluxpy.pt (`killed 0`)."""

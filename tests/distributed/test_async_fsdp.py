@@ -29,7 +29,8 @@ def launch_async(out: Path, *scenarios: str):
 @pytest.fixture(scope="module")
 def out(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("async_fsdp")
-    done = launch_async(folder, "same", "resume", "overlap", "failed")
+    done = launch_async(folder, "same", "resume", "overlap", "failed",
+                          "failed_shards")
     assert done.returncode == 0, done.stdout[-6000:]
     return folder
 
@@ -98,6 +99,17 @@ def test_a_background_write_that_fails_on_one_rank_is_raised_on_every_rank(out):
     for rank in (zero, one):  # raised by the epoch-3 save, on both ranks
         assert rank["epochs"] == 3
         assert any("EpochEnd" in note for note in rank["notes"])
+        assert rank["files"] == [".epoch-0002.pt.sharded.tmp", "epoch-0001.pt"]
+
+
+def test_a_shard_write_that_fails_on_one_rank_is_raised_on_every_rank(out):
+    folder = out / "failed_shards"
+    for rank in ranks(out, "failed_shards"):
+        assert rank["error"] == (
+            f"{folder / 'epoch-0002.pt'}: could not be written: torch.distributed.checkpoint "
+            "failed with OSError on rank 1: [Errno 28] No space left on device. The previous "
+            "checkpoints are unchanged.")
+        assert rank["epochs"] == 3
         assert rank["files"] == [".epoch-0002.pt.sharded.tmp", "epoch-0001.pt"]
 
 
