@@ -68,7 +68,7 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .checkpoint_ranks import own_rank_state
-from .distributed import all_gather_object, on_rank_zero
+from .distributed import all_gather_object, is_rank_zero, on_rank_zero
 from .strategies import is_sharded_model
 
 __all__ = ["background_group", "is_sharded", "load_full_into_sharded", "load_sharded",
@@ -114,17 +114,21 @@ def save_sharded(state: dict[str, Any], path: str | os.PathLike,
     tmp = path.parent / f".{path.name}.sharded.tmp"
     on_rank_zero(lambda: remove_checkpoint(tmp))
     if writer is None:
-        _write(state, tmp, path, group=None)
-        on_rank_zero(lambda: (_complete(_rest(state), tmp, path), then()))
-    else:  # the training thread waits for the copy only
-        snapshot = host_snapshot(state)
-        writer.submit(lambda: _write(snapshot, tmp, path, group, then), path)
+        _write_shards(state, tmp, path, group=None)
+        on_rank_zero(lambda: _complete(state, tmp, path, then))
+        return
+    snapshot = host_snapshot(state)  # the training thread waits for this copy only
+
+    def write() -> None:  # on this rank's writer thread
+        _write_shards(snapshot, tmp, path, group)
+        if is_rank_zero():  # DCP returned: rank 0 wrote the index of every rank's shards
+            _complete(snapshot, tmp, path, then)
+
+    writer.submit(write, path)
 
 
-def _write(state: dict[str, Any], tmp: Path, path: Path, group: Any,
-           then: Callable[[], None] | None = None) -> None:
-    """Every rank: write its shards into `tmp` with DCP (a collective on `group`). With
-    `then` (a background write), rank 0 then completes the folder and calls `then()`."""
+def _write_shards(state: dict[str, Any], tmp: Path, path: Path, group: Any) -> None:
+    """Every rank: write its shards into `tmp` with DCP (a collective on `group`)."""
     shards = {key: state[key] for key in SHARDED_PARTS if state.get(key)}
     try:
         dcp.save(shards, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True),
@@ -133,20 +137,6 @@ def _write(state: dict[str, Any], tmp: Path, path: Path, group: Any,
         raise CheckpointError(path, f"could not be written: torch.distributed.checkpoint "
                               f"failed with {_failure(exc)}. The previous checkpoints are "
                               "unchanged.") from exc
-    # DCP returns once rank 0 wrote its index of every rank's (fsynced) shards
-    if then is not None and torch.distributed.get_rank() == 0:
-        _complete(_rest(state), tmp, path)
-        then()
-
-
-def _rest(state: dict[str, Any]) -> dict[str, Any]:
-    """What `fluxpy.pt` holds: all but the shards, and what load_checkpoint checks the
-    optimizer by (its kind, groups and hyperparameters); the model's names and shapes are in
-    DCP's metadata."""
-    rest = {key: value for key, value in state.items() if key not in SHARDED_PARTS}
-    rest["model"] = {}
-    rest["optimizer"] = {"param_groups": state["optimizer"]["param_groups"], "state": {}}
-    return rest
 
 
 def background_group() -> Any:
@@ -174,14 +164,21 @@ def wait_on_every_rank(writer: BackgroundWriter) -> None:
                               "written before it are as they were.")
 
 
-def _complete(rest: dict[str, Any], tmp: Path, path: Path) -> None:
-    """Rank 0, once every shard is written: add `fluxpy.pt` and rename the folder to `path`.
+def _complete(state: dict[str, Any], tmp: Path, path: Path,
+              then: Callable[[], None]) -> None:
+    """Rank 0, once every shard is written: add `fluxpy.pt` and rename the folder to `path`,
+    then call `then()`.
 
     A folder cannot replace another in one rename, so one already at `path` (a second
     `save_checkpoint` to the same path; a Checkpointer's names are new) is first moved aside:
     a kill between the two renames leaves neither under `path`, the new checkpoint complete
     in the temporary folder.
     """
+    # What load_checkpoint checks the optimizer by (its kind, groups and hyperparameters);
+    # the model's names and shapes are in DCP's metadata.
+    rest = {key: value for key, value in state.items() if key not in SHARDED_PARTS}
+    rest["model"] = {}
+    rest["optimizer"] = {"param_groups": state["optimizer"]["param_groups"], "state": {}}
     write_checkpoint(rest, tmp / SHARDED_META)
     _fsync_folder(tmp)
     old = path.parent / f".{path.name}.old.tmp"
@@ -191,6 +188,7 @@ def _complete(rest: dict[str, Any], tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
     _fsync_folder(path.parent)
     remove_checkpoint(old)
+    then()
 
 
 def remove_checkpoint(path: Path) -> None:
