@@ -59,10 +59,11 @@ save, or the end of a round) the Checkpointer waits for the write still running,
 its failure there; `FitEnd` waits for the last one and writes the state `fit` stopped at
 itself, so when `fit` returns or raises every file is complete. Under DDP the other ranks
 wait for rank 0's copy, not its write. Under FSDP every rank copies its own shards and its
-thread writes them, with DCP's collectives on a gloo process group of their own (training
-keeps the default one); rank 0 renames the folder into place once every rank's shards are
-written. Every rank waits for its write at the same points, and a failure on any rank is
-raised on every rank, so that they stop together.
+thread writes them, with DCP's collectives on a gloo process group of their own (made at
+`FitBegin`, shut down at `FitEnd`; training keeps the default one); rank 0 renames the
+folder into place once every rank's shards are written. Every rank waits for its write at
+the same points, and a failure on any rank is raised on every rank, so that they stop
+together.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ from ..support.checkpoint_sharded import (
     background_group,
     is_sharded,
     on_writing_ranks,
+    release_group,
     remove_checkpoint,
     save_sharded,
     wait_on_every_rank,
@@ -159,7 +161,7 @@ class Checkpointer(UnsafeCallback):
     # (file name, copy of the state) taken where a limit of fit cut a training epoch
     _cut: tuple[str, dict | None] | None = attrs.field(default=None, init=False, repr=False)
     _writer: BackgroundWriter | None = attrs.field(default=None, init=False, repr=False)
-    # with async_save under FSDP: the process group of the background writes' collectives
+    # with async_save under FSDP, in fit: the process group of the background writes' collectives
     _group: Any = attrs.field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -295,8 +297,8 @@ def _checkpointer_access(cb: Checkpointer):
 
 @on.dispatch
 def _checkpointer_fit_begin(event: FitBegin, phase: Phase, cb: Checkpointer, learner):
-    if cb.async_save and cb._group is None and is_sharded_model(unwrap_model(learner.model)):
-        cb._group = background_group()
+    if cb.async_save and is_sharded_model(unwrap_model(learner.model)):
+        cb._group = background_group()  # released at FitEnd
     cb._phases_ended, cb._steps, cb._cut, cb._last_save = 0, 0, None, clock()
     cb._hook = lambda: _take_cut(cb, learner)
     learner.position.on_cut.append(cb._hook)
@@ -379,7 +381,12 @@ def _checkpointer_fit_end(event: FitEnd, phase: Phase, cb: Checkpointer, learner
     cut, cb._cut = cb._cut, None
     with contextlib.suppress(ValueError):
         learner.position.on_cut.remove(cb._hook)
-    cb._wait_for_write()  # the last background write: complete when fit ends
+    try:
+        cb._wait_for_write()  # the last background write: complete when fit ends
+    finally:
+        if cb._group is not None:  # no collective of it is left on any rank
+            group, cb._group = cb._group, None
+            release_group(group)
     if pending is not None:
         on_writing_ranks(learner, lambda: cb._save(*pending, background=False))
     if cut is not None:

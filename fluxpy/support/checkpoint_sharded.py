@@ -72,7 +72,8 @@ from .distributed import all_gather_object, is_rank_zero, on_rank_zero
 from .strategies import is_sharded_model
 
 __all__ = ["background_group", "is_sharded", "load_full_into_sharded", "load_sharded",
-           "on_writing_ranks", "remove_checkpoint", "save_sharded", "wait_on_every_rank"]
+           "on_writing_ranks", "release_group", "remove_checkpoint", "save_sharded",
+           "wait_on_every_rank"]
 
 #: The parts of a state that DCP writes, each rank its shards.
 SHARDED_PARTS = ("model", "optimizer", "grads")
@@ -144,6 +145,12 @@ def background_group() -> Any:
     collective: every rank calls it). Training's collectives keep the default group to
     themselves: two threads must not use one group at once."""
     return torch.distributed.new_group(backend="gloo")
+
+
+def release_group(group: Any) -> None:
+    """Shut down a `background_group()` once no write uses it (its threads end now, not at
+    the interpreter's exit, where their teardown can abort the process)."""
+    torch.distributed.destroy_process_group(group)
 
 
 def wait_on_every_rank(writer: BackgroundWriter) -> None:
