@@ -4,7 +4,8 @@
 
 Each rank holds half of every Block's parameters, gradients and optimizer state; a Block's
 parameters are gathered for its forward and backward only. Every rank writes its shards into
-each checkpoint (a folder), which then loads at two ranks and in one plain process.
+each checkpoint (a folder), from a copy in host memory, on a thread of its own while training
+goes on (`async_save=True`); the folder then loads at two ranks and in one plain process.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def learner(folder: str, distributed) -> fp.Learner:
     train = DataLoader(dataset(1024, seed=1), batch_size=64, shuffle=True)
     valid = DataLoader(dataset(500, seed=2), batch_size=100)
     return fp.Learner(model(), F.cross_entropy, data=(train, valid), optimizer=adamw,
-                      callbacks=[fp.Checkpointer(folder)], distributed=distributed)
+                      callbacks=[fp.Checkpointer(folder, async_save=True)],
+                      distributed=distributed)
 
 
 def main(folder: str) -> None:

@@ -58,8 +58,12 @@ goes on (`fluxpy.support.async_save`). Before it reads the learner's state again
 save, or the end of a round) the Checkpointer waits for the write still running, and raises
 its failure there; `FitEnd` waits for the last one and writes the state `fit` stopped at
 itself, so when `fit` returns or raises every file is complete. Under DDP the other ranks
-wait for rank 0's copy, not its write. Sharded (FSDP) checkpoints are written by every rank
-on the training thread: `async_save` is refused for them.
+wait for rank 0's copy, not its write. Under FSDP every rank copies its own shards and its
+thread writes them, with DCP's collectives on a gloo process group of their own (made at
+`FitBegin`, shut down at `FitEnd`; training keeps the default one); rank 0 renames the
+folder into place once every rank's shards are written. Every rank waits for its write at
+the same points, and a failure on any rank is raised on every rank, so that they stop
+together.
 """
 
 from __future__ import annotations
@@ -91,10 +95,13 @@ from ..support.checkpoint import (
 )
 from ..support.checkpoint_ranks import gather_rank_states
 from ..support.checkpoint_sharded import (
+    background_group,
     is_sharded,
     on_writing_ranks,
+    release_group,
     remove_checkpoint,
     save_sharded,
+    wait_on_every_rank,
 )
 from ..support.distributed import on_rank_zero
 from ..support.strategies import is_sharded_model
@@ -126,7 +133,7 @@ class Checkpointer(UnsafeCallback):
         async_save: write each checkpoint on a background thread, from a copy of the state in
             host memory, so a training step waits for the copy only (see above). Keeps a
             copy of the model and optimizer state in host memory while a file is written.
-            Sharded checkpoints (FSDP) are written by every rank together, synchronously.
+            Under FSDP each rank copies its own shards and writes them on its own thread.
 
     It is an `UnsafeCallback`: it reads the whole learner (model, optimizer, scaler, every
     callback's `state_dict()`, `cbstate`), which is what a checkpoint is. Its own state
@@ -154,6 +161,8 @@ class Checkpointer(UnsafeCallback):
     # (file name, copy of the state) taken where a limit of fit cut a training epoch
     _cut: tuple[str, dict | None] | None = attrs.field(default=None, init=False, repr=False)
     _writer: BackgroundWriter | None = attrs.field(default=None, init=False, repr=False)
+    # with async_save under FSDP, in fit: the process group of the background writes' collectives
+    _group: Any = attrs.field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.every, Every) and self.every.epochs is not None:
@@ -213,8 +222,9 @@ class Checkpointer(UnsafeCallback):
     def _save(self, epoch: int | str, state: dict, background: bool = True) -> None:
         name = epoch if isinstance(epoch, str) else f"epoch-{epoch:04d}.pt"
         if is_sharded(state):  # every rank writes its shards; rank 0 prunes
-            save_sharded(state, self.folder / name)
-            on_rank_zero(lambda: (_remove_leftovers(self.folder), self._prune()))
+            save_sharded(state, self.folder / name, self._writer if background else None,
+                         self._group, then=lambda: (_remove_leftovers(self.folder),
+                                                    self._prune()))
             return
         if self._writer is None or not background:
             self._write(name, state)
@@ -229,8 +239,11 @@ class Checkpointer(UnsafeCallback):
 
     def _wait_for_write(self) -> None:
         """With `async_save`, before the state (`scores` included) is read or changed: wait
-        for the write in progress (it prunes), raise its failure; every rank waits for rank 0."""
-        if self._writer is not None:
+        for the write in progress (it prunes), raise its failure; every rank waits for rank 0
+        (under FSDP: for its own write, and raises if any rank's failed)."""
+        if self._group is not None:
+            wait_on_every_rank(self._writer)
+        elif self._writer is not None:
             on_rank_zero(self._writer.wait)
 
     def _step_name(self, learner) -> str:
@@ -285,11 +298,7 @@ def _checkpointer_access(cb: Checkpointer):
 @on.dispatch
 def _checkpointer_fit_begin(event: FitBegin, phase: Phase, cb: Checkpointer, learner):
     if cb.async_save and is_sharded_model(unwrap_model(learner.model)):
-        raise ValueError(
-            "Checkpointer(async_save=True) writes one-file checkpoints in the background, and "
-            "this model is sharded with fp.FSDP: its checkpoints are folders that every rank "
-            "writes itself, on the training thread. Remove async_save=True."
-        )
+        cb._group = background_group()  # released at FitEnd
     cb._phases_ended, cb._steps, cb._cut, cb._last_save = 0, 0, None, clock()
     cb._hook = lambda: _take_cut(cb, learner)
     learner.position.on_cut.append(cb._hook)
@@ -372,7 +381,12 @@ def _checkpointer_fit_end(event: FitEnd, phase: Phase, cb: Checkpointer, learner
     cut, cb._cut = cb._cut, None
     with contextlib.suppress(ValueError):
         learner.position.on_cut.remove(cb._hook)
-    cb._wait_for_write()  # the last background write: complete when fit ends
+    try:
+        cb._wait_for_write()  # the last background write: complete when fit ends
+    finally:
+        if cb._group is not None:  # no collective of it is left on any rank
+            group, cb._group = cb._group, None
+            release_group(group)
     if pending is not None:
         on_writing_ranks(learner, lambda: cb._save(*pending, background=False))
     if cut is not None:

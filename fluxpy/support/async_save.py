@@ -110,6 +110,11 @@ class BackgroundWriter:
     _target: Path | None = attrs.field(default=None, init=False)  # the file being written
     _error: BaseException | None = attrs.field(default=None, init=False)
 
+    @property
+    def target(self) -> Path | None:
+        """The file (or folder) of the write running or last run."""
+        return self._target
+
     def submit(self, write: Callable[[], None], target: Path) -> None:
         """Wait for the previous write (raising its failure), then start `write()`, which
         writes `target`, on the background thread and return."""

@@ -19,7 +19,16 @@ rank) leaves the temporary folder, which loading ignores and the next save remov
 previous checkpoints as they were.
 
 `save_sharded(state, path)` is a collective: every rank calls it with its own
-`checkpoint_state`. `load_sharded(learner, path)` checks everything it can before changing the
+`checkpoint_state`. In the background (`Checkpointer(async_save=True)`), each rank copies its
+state to host memory and its `BackgroundWriter` thread writes the copy; DCP's collectives go
+through a gloo group of their own (`background_group`), never the default group that training
+uses meanwhile. DCP's save returns once rank 0 has written the index of every rank's shards,
+so rank 0's thread then writes `fluxpy.pt` and renames the folder: the same folder, with the
+same guarantees, as a synchronous save. `wait_on_every_rank` waits for the write on every
+rank, and raises on every rank if it failed on any, so that no rank goes on alone into a
+collective the others left.
+
+`load_sharded(learner, path)` checks everything it can before changing the
 learner (model names and shapes from DCP's metadata, the rest as for one file), loads the
 shards into copies, and only then into the learner.
 """
@@ -48,6 +57,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.utils._pytree import tree_map_only
 
 from ..core.errors import CheckpointError
+from .async_save import BackgroundWriter, host_snapshot
 from .checkpoint import (
     SHARDED_META,
     _checked_parts,
@@ -58,11 +68,12 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .checkpoint_ranks import own_rank_state
-from .distributed import all_gather_object, on_rank_zero
+from .distributed import all_gather_object, is_rank_zero, on_rank_zero
 from .strategies import is_sharded_model
 
-__all__ = ["is_sharded", "load_full_into_sharded", "load_sharded", "on_writing_ranks",
-           "remove_checkpoint", "save_sharded"]
+__all__ = ["background_group", "is_sharded", "load_full_into_sharded", "load_sharded",
+           "on_writing_ranks", "release_group", "remove_checkpoint", "save_sharded",
+           "wait_on_every_rank"]
 
 #: The parts of a state that DCP writes, each rank its shards.
 SHARDED_PARTS = ("model", "optimizer", "grads")
@@ -82,11 +93,18 @@ def on_writing_ranks(learner, fn: Callable[[], Any]) -> Any:
     return on_rank_zero(fn)
 
 
-def save_sharded(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write `state` (this rank's `checkpoint_state`) as the folder `path`, atomically.
+def save_sharded(state: dict[str, Any], path: str | os.PathLike,
+                 writer: BackgroundWriter | None = None, group: Any = None,
+                 then: Callable[[], None] = lambda: None) -> None:
+    """Write `state` (this rank's `checkpoint_state`) as the folder `path`, atomically, then
+    call `then()` on rank 0 (e.g. to prune older checkpoints).
 
     A collective: every rank calls it with its own state, at the same point. A folder or file
-    already at `path` is replaced.
+    already at `path` is replaced. With `writer` (each rank's own), the call returns once the
+    state is copied to host memory: the writer's thread writes the copy, DCP's collectives
+    going through `group` (`background_group()`, not the group training uses), and rank 0
+    renames the folder into place once DCP reports every rank's shards written. Wait for it
+    with `wait_on_every_rank(writer)`.
     """
     path = Path(path)
     paths = all_gather_object(str(path.absolute()))
@@ -96,29 +114,78 @@ def save_sharded(state: dict[str, Any], path: str | os.PathLike) -> None:
                               "shards into: give every rank the same path.")
     tmp = path.parent / f".{path.name}.sharded.tmp"
     on_rank_zero(lambda: remove_checkpoint(tmp))
+    if writer is None:
+        _write_shards(state, tmp, path, group=None)
+        on_rank_zero(lambda: _complete(state, tmp, path, then))
+        return
+    snapshot = host_snapshot(state)  # the training thread waits for this copy only
+
+    def write() -> None:  # on this rank's writer thread
+        _write_shards(snapshot, tmp, path, group)
+        if is_rank_zero():  # DCP returned: rank 0 wrote the index of every rank's shards
+            _complete(snapshot, tmp, path, then)
+
+    writer.submit(write, path)
+
+
+def _write_shards(state: dict[str, Any], tmp: Path, path: Path, group: Any) -> None:
+    """Every rank: write its shards into `tmp` with DCP (a collective on `group`)."""
     shards = {key: state[key] for key in SHARDED_PARTS if state.get(key)}
     try:
-        dcp.save(shards, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True))
+        dcp.save(shards, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True),
+                 process_group=group)
     except (Exception, CheckpointException) as exc:
         raise CheckpointError(path, f"could not be written: torch.distributed.checkpoint "
                               f"failed with {_failure(exc)}. The previous checkpoints are "
                               "unchanged.") from exc
-    rest = {key: value for key, value in state.items() if key not in SHARDED_PARTS}
-    # What load_checkpoint checks the optimizer by (its kind, groups and hyperparameters);
-    # the model's names and shapes are in DCP's metadata.
-    rest["model"] = {}
-    rest["optimizer"] = {"param_groups": state["optimizer"]["param_groups"], "state": {}}
-    on_rank_zero(lambda: _complete(rest, tmp, path))
 
 
-def _complete(rest: dict[str, Any], tmp: Path, path: Path) -> None:
-    """Rank 0, once every shard is written: add `fluxpy.pt` and rename the folder to `path`.
+def background_group() -> Any:
+    """A gloo process group of every rank, for the collectives of background writes (a
+    collective: every rank calls it). Training's collectives keep the default group to
+    themselves: two threads must not use one group at once."""
+    return torch.distributed.new_group(backend="gloo")
+
+
+def release_group(group: Any) -> None:
+    """Shut down a `background_group()` once no write uses it (its threads end now, not at
+    the interpreter's exit, where their teardown can abort the process)."""
+    torch.distributed.destroy_process_group(group)
+
+
+def wait_on_every_rank(writer: BackgroundWriter) -> None:
+    """Every rank: wait for its background write; if it failed on any rank, raise on every
+    rank (its own error where it failed), so that the ranks go on, or stop, together."""
+    error = None
+    try:
+        writer.wait()
+    except BaseException as exc:  # raised below, once every rank knows
+        error = exc
+    failed = [rank for rank, bad in enumerate(all_gather_object(error is not None)) if bad]
+    if error is not None:
+        raise error
+    if failed:
+        raise CheckpointError(writer.target, f"was not written: the background write failed on "
+                              f"rank {', '.join(map(str, failed))} (its error is raised there). "
+                              f"{writer.owner} stops here, on every rank; the checkpoints "
+                              "written before it are as they were.")
+
+
+def _complete(state: dict[str, Any], tmp: Path, path: Path,
+              then: Callable[[], None]) -> None:
+    """Rank 0, once every shard is written: add `fluxpy.pt` and rename the folder to `path`,
+    then call `then()`.
 
     A folder cannot replace another in one rename, so one already at `path` (a second
     `save_checkpoint` to the same path; a Checkpointer's names are new) is first moved aside:
     a kill between the two renames leaves neither under `path`, the new checkpoint complete
     in the temporary folder.
     """
+    # What load_checkpoint checks the optimizer by (its kind, groups and hyperparameters);
+    # the model's names and shapes are in DCP's metadata.
+    rest = {key: value for key, value in state.items() if key not in SHARDED_PARTS}
+    rest["model"] = {}
+    rest["optimizer"] = {"param_groups": state["optimizer"]["param_groups"], "state": {}}
     write_checkpoint(rest, tmp / SHARDED_META)
     _fsync_folder(tmp)
     old = path.parent / f".{path.name}.old.tmp"
@@ -128,6 +195,7 @@ def _complete(rest: dict[str, Any], tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
     _fsync_folder(path.parent)
     remove_checkpoint(old)
+    then()
 
 
 def remove_checkpoint(path: Path) -> None:

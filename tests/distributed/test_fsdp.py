@@ -29,8 +29,8 @@ TIMEOUT = 180
 worker = load_worker(WORKER)
 
 
-def launch(out: Path, *scenarios: str) -> subprocess.CompletedProcess:
-    proc = torchrun(*two_ranks(WORKER, str(out), *scenarios))
+def launch(out: Path, *scenarios: str, worker: Path = WORKER) -> subprocess.CompletedProcess:
+    proc = torchrun(*two_ranks(worker, str(out), *scenarios))
     (output,) = finish([proc], TIMEOUT)
     return subprocess.CompletedProcess(proc.args, proc.returncode, output)
 
