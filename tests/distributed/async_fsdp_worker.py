@@ -15,9 +15,9 @@ from pathlib import Path
 import attrs
 import fsdp_worker
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from fsdp_worker import RANK, _die, adam, learner, weights, write
+from fsdp_worker import RANK, adam, learner, weights, write
+from worker_common import run_scenarios
 
 import fluxpy as fp
 import fluxpy.support.checkpoint_sharded
@@ -154,25 +154,8 @@ def failed_shards() -> None:
 def killed() -> None:
     """A rank is killed in the middle of the second checkpoint's background write: rank 1
     while it writes its shards (`killed 1`), or rank 0 while it writes fluxpy.pt (`killed 0`)."""
-    victim = int(sys.argv[3])
-    lrn = learner(fp.FSDP(), [fp.Checkpointer(OUT / "killed", async_save=True)],
-                  optimizer=adam)
-    lrn.fit(1)
-    write("killed", weights=weights(lrn))
-    if RANK == victim == 1:
-        dcp.FileSystemWriter.write_data = _die
-    if RANK == victim == 0:
-        fluxpy.support.checkpoint_sharded.write_checkpoint = _die
-    lrn.fit(1)
-    write("killed-survived")  # never reached: a rank dies, torchrun ends the other
+    fsdp_worker.killed(async_save=True)
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(1)
-    for name in sys.argv[2:]:
-        if name in globals():  # else an argument of the scenario before
-            globals()[name]()
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # skip torch's C++ teardown, which aborts now and then (see ddp_worker.py)
+    run_scenarios(globals())

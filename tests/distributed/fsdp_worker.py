@@ -13,30 +13,18 @@ import signal
 import sys
 from pathlib import Path
 
-import attrs
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
+from worker_common import StopOnRankOne, batches, regression, run_scenarios
 
 import fluxpy as fp
 import fluxpy.support.checkpoint_sharded
 
 OUT = Path(sys.argv[1]) if __name__ == "__main__" else Path()
 RANK = int(os.environ.get("RANK", 0))
-
-
-def regression(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    xs = torch.randn(n, 3, generator=g)
-    ys = xs @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.3 + 0.1 * torch.randn(n, 1, generator=g)
-    return xs, ys
-
-
-def batches(n: int, seed: int, size: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    xs, ys = regression(n * size, seed)
-    return [(xs[i:i + size], ys[i:i + size]) for i in range(0, n * size, size)]
 
 
 def validation() -> DataLoader:
@@ -125,21 +113,6 @@ def load_single() -> None:
           exp_avg=[state[i]["exp_avg"].full_tensor().flatten().tolist() for i in sorted(state)])
 
 
-@attrs.define
-class StopOnRankOne(fp.Callback):
-    """Raises CancelFitException at StepEnd of training step `at`, on rank 1 only."""
-
-    at: int
-    steps: int = 0
-
-
-@fp.on.dispatch
-def _stop_step_end(event: fp.StepEnd, phase: fp.TrainingPhase, cb: StopOnRankOne, learner):
-    cb.steps += 1
-    if cb.steps == cb.at and RANK == 1:
-        raise fp.CancelFitException("rank 1 asked to stop")
-
-
 def stop() -> None:
     """A stop asked for on rank 1 only ends fit on both ranks at the same step."""
     lrn = learner(fp.FSDP(), [StopOnRankOne(at=3)])
@@ -171,11 +144,13 @@ def _die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def killed() -> None:
+def killed(**checkpointer) -> None:
     """A rank is killed in the middle of the second checkpoint: rank 1 while it writes its
-    shards (`killed 1`), or rank 0 while it writes fluxpy.pt after every shard (`killed 0`)."""
+    shards (`killed 1`), or rank 0 while it writes fluxpy.pt after every shard (`killed 0`).
+    `checkpointer`: further options of the Checkpointer that saves (async_fsdp_worker.py's
+    `killed` saves in the background)."""
     victim = int(sys.argv[3])
-    lrn = learner(fp.FSDP(), [fp.Checkpointer(OUT / "killed")], optimizer=adam)
+    lrn = learner(fp.FSDP(), [fp.Checkpointer(OUT / "killed", **checkpointer)], optimizer=adam)
     lrn.fit(1)
     write("killed", weights=weights(lrn))
     if RANK == victim == 1:
@@ -187,11 +162,4 @@ def killed() -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(1)
-    for name in sys.argv[2:]:
-        if name in globals():  # else an argument of the scenario before
-            globals()[name]()
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # skip torch's C++ teardown, which aborts now and then (see ddp_worker.py)
+    run_scenarios(globals())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_fsdp import WORKER, launch, ranks, worker
+from test_fsdp import WORKER, check_killed, launch, ranks, worker
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 from torch.utils._pytree import keystr, tree_flatten_with_path
 
@@ -116,12 +116,4 @@ def test_a_shard_write_that_fails_on_one_rank_is_raised_on_every_rank(out):
 @pytest.mark.parametrize("victim", [1, 0], ids=["rank 1 writing its shards",
                                                 "rank 0 writing fluxpy.pt"])
 def test_a_rank_killed_in_a_background_write_leaves_the_previous_checkpoint(tmp_path, victim):
-    done = launch_async(tmp_path, "killed", str(victim))
-    assert done.returncode != 0
-    assert not list(tmp_path.glob("killed-survived-*"))
-    folder = tmp_path / "killed"
-    assert sorted(os.listdir(folder)) == [".epoch-0002.pt.sharded.tmp", "epoch-0001.pt"]
-    learner = worker.learner(False, optimizer=worker.adam)
-    with pytest.warns(UserWarning, match="holds state for Checkpointer"):
-        assert fp.load_checkpoint(learner, folder) == folder / "epoch-0001.pt"
-    assert worker.weights(learner) == ranks(tmp_path, "killed")[0]["weights"]
+    check_killed(tmp_path, launch_async(tmp_path, "killed", str(victim)))

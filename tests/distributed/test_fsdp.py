@@ -177,7 +177,12 @@ def test_a_sharded_checkpoint_into_a_model_of_another_shape_is_refused(out):
 @pytest.mark.parametrize("victim", [1, 0], ids=["rank 1 writing its shards",
                                                 "rank 0 writing fluxpy.pt"])
 def test_a_rank_killed_mid_save_leaves_the_previous_checkpoint_loadable(tmp_path, victim):
-    done = launch(tmp_path, "killed", str(victim))
+    check_killed(tmp_path, launch(tmp_path, "killed", str(victim)))
+
+
+def check_killed(tmp_path: Path, done: subprocess.CompletedProcess) -> None:
+    """A `killed` launch failed, leaving epoch 1's checkpoint, loadable in one process with
+    the weights the ranks had after epoch 1, and epoch 2's unfinished folder."""
     assert done.returncode != 0
     assert not list(tmp_path.glob("killed-survived-*"))
     folder = tmp_path / "killed"

@@ -1,5 +1,5 @@
 """What the torchrun worker scripts of tests/distributed share: their data, a stop asked for
-by one rank, and their end."""
+by one rank, and how they run their scenarios and end."""
 
 from __future__ import annotations
 
@@ -49,3 +49,14 @@ def exit_rank() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def run_scenarios(scenarios: dict[str, object]) -> None:
+    """Runs, on one thread, the scenarios (functions of `scenarios`, a worker's `globals()`)
+    named on the command line after OUTDIR, in order, then ends this rank (`exit_rank`).
+    An argument that names none is an argument of the scenario before it."""
+    torch.set_num_threads(1)
+    for name in sys.argv[2:]:
+        if name in scenarios:
+            scenarios[name]()
+    exit_rank()
