@@ -147,8 +147,26 @@ def _fluxpy(w: Workload, callbacks: list, defaults: bool,
     return lambda: learner.fit(1)
 
 
+def fluxpy_alone(w: Workload) -> Callable[[], None]:
+    """The loop with no callbacks: what any callbacks are added to."""
+    return _fluxpy(w, [], defaults=False)
+
+
 def fluxpy_minimal(w: Workload) -> Callable[[], None]:
     return _fluxpy(w, [fp.Recorder(), fp.Metrics()], defaults=False)
+
+
+class UnsafeRecorder(fp.Recorder, fp.UnsafeCallback):
+    """`Recorder` handed the raw learner instead of its protected view."""
+
+
+class UnsafeMetrics(fp.Metrics, fp.UnsafeCallback):
+    """`Metrics` handed the raw learner instead of its protected view."""
+
+
+def fluxpy_minimal_unprotected(w: Workload) -> Callable[[], None]:
+    """Recorder + Metrics as `UnsafeCallback`s: the same work without the protected views."""
+    return _fluxpy(w, [UnsafeRecorder(), UnsafeMetrics()], defaults=False)
 
 
 def fluxpy_minimal_strict(w: Workload) -> Callable[[], None]:
@@ -252,7 +270,9 @@ class Variant:
 VARIANTS = (
     Variant(BASELINE, raw_item),
     Variant("raw (loss kept on device)", raw_device),
+    Variant("fluxpy: no callbacks", fluxpy_alone),
     Variant("fluxpy: Recorder + Metrics", fluxpy_minimal),
+    Variant("fluxpy: Recorder + Metrics, unprotected", fluxpy_minimal_unprotected),
     Variant("fluxpy: Recorder + Metrics, strict mode", fluxpy_minimal_strict),
     Variant("fluxpy: defaults, no progress bar", fluxpy_defaults),
     Variant("fluxpy: defaults + 20 EpochEnd-only", fluxpy_defaults_20),

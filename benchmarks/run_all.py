@@ -103,6 +103,7 @@ def summary(numbers: dict, threaded: str, previous: dict | None = None) -> str:
     serial_ms, threaded_ms = (two.split("|")[2].strip(), two.split("|")[3].strip()) if two \
         else ("?", "?")
     minimal, strict = "fluxpy: Recorder + Metrics", "fluxpy: Recorder + Metrics, strict mode"
+    alone, unprotected = "fluxpy: no callbacks", "fluxpy: Recorder + Metrics, unprotected"
     lines = [
         "# Benchmark summary",
         "",
@@ -122,6 +123,12 @@ def summary(numbers: dict, threaded: str, previous: dict | None = None) -> str:
         f"{both(epoch_end_only)} |",
         "| two independent 20 ms epoch-end I/O handlers: ~20 ms threaded, not 40 | "
         f"{threaded_ms} ms threaded, {serial_ms} ms serial | - |",
+        "| (the loop alone, no callbacks: tiny MLP) | "
+        f"{ratio(numbers, alone)}, {per_step(numbers, alone)} | "
+        f"{ratio(previous, alone)}, {per_step(previous, alone)} |",
+        "| (the same two callbacks without protected views: tiny MLP) | "
+        f"{ratio(numbers, unprotected)}, {per_step(numbers, unprotected)} | "
+        f"{ratio(previous, unprotected)}, {per_step(previous, unprotected)} |",
         "| (strict mode, for tests: tiny MLP, Recorder + Metrics) | "
         f"{ratio(numbers, strict)}, {per_step(numbers, strict)} | "
         f"{ratio(previous, strict)}, {per_step(previous, strict)} |",
