@@ -43,7 +43,9 @@ above (data, metrics, stops, limits) is the same. Under FSDP `GradientAccumulati
 gradients in sync at every step (`set_gradient_sync` leaves an FSDP model alone): they
 accumulate in their shards, so a short last group and a checkpoint inside a group need no
 gradients that FSDP holds outside the parameters. Checkpoints are sharded folders written by
-every rank (`fluxpy.support.checkpoint_sharded`).
+every rank (`fluxpy.support.checkpoint_sharded`). Under FSDP a forward pass is a collective,
+so validation, `predict` and `evaluate` run as many forward passes on every rank, also when
+the ranks' data have different numbers of batches (`fluxpy.support.joined`).
 
 Stopping together. A rank that left `fit` alone would leave the others waiting forever in the
 next gradient all-reduce. So under DDP a `CancelFitException` raised by a handler (early
@@ -103,6 +105,7 @@ from .support.distributed import (
     rank,
     world_size,
 )
+from .support.joined import Joined
 from .support.sharding import shard
 from .support.strategies import DDP, FSDP, shard_model
 
@@ -212,9 +215,16 @@ class DistributedTraining:
         sampler = getattr(data, "sampler", None)
         if callable(getattr(sampler, "set_epoch", None)):
             sampler.set_epoch(self._epoch_number(learner, phase))
-        epoch(learner, phase, data)
+        epoch(learner, phase, self.in_step(learner, phase, data))
         self._epochs[phase] = self._epochs.get(phase, 0) + 1
         self.agree_on_stop()
+
+    def in_step(self, learner: Any, phase: Phase, data: Any) -> Any:
+        """`data` as `phase` iterates it: under FSDP a validation or prediction phase runs as
+        many forward passes on every rank (`fluxpy.support.joined`); else `data` itself."""
+        if isinstance(self.how, FSDP) and not isinstance(phase, AbstractTrainingPhase):
+            return Joined(data, learner)
+        return data
 
     def agree_on_stop(self) -> None:
         """Raise `CancelFitException` on every rank if any rank has recorded a stop request

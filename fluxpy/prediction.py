@@ -88,7 +88,8 @@ def _run(learner: Any, data: Any, call: str, extra: list[Callback],
         learner.epoch_phases = (PREDICTION,)
         try:
             learner.handle(_FIT_BEGIN, PREDICTION)
-            epoch(learner, PREDICTION, data)
+            epoch(learner, PREDICTION, data if learner.ddp is None
+                  else learner.ddp.in_step(learner, PREDICTION, data))
             if after is not None:
                 after()
         except BaseException as exc:

@@ -40,6 +40,7 @@ __all__ = [
     "RankZeroOnly",
     "all_gather_object",
     "all_reduce_sum",
+    "any_rank",
     "barrier",
     "broadcast_float",
     "broadcast_int",
@@ -189,6 +190,14 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
         group = _control_group() if tensor.device.type == "cpu" else None
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
     return tensor
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether `flag` is true on any rank (one small CPU all-reduce; `flag` itself without
+    distributed training)."""
+    if not is_distributed():
+        return flag
+    return bool(all_reduce_sum(torch.tensor([int(flag)], dtype=torch.int64)).item())
 
 
 def broadcast_int(value: int) -> int:

@@ -35,12 +35,17 @@ class DDP:
         self.__attrs_init__(options)
 
 
+def _classes_as_tuple(value: Any) -> Any:
+    """`shard=[nn.Linear]` (a list, or a set) means what the tuple means."""
+    return tuple(value) if isinstance(value, (list, set, frozenset)) else value
+
+
 def _shard_choice(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     ok = (callable(value) and not isinstance(value, type)) or (
         isinstance(value, tuple) and all(isinstance(t, type) and issubclass(t, torch.nn.Module)
                                          for t in value))
     if not ok:
-        raise TypeError(f"FSDP(shard={value!r}): give a tuple of module classes, e.g. "
+        raise TypeError(f"FSDP(shard={value!r}): give module classes, e.g. "
                         "shard=(nn.TransformerEncoderLayer,), or a function module -> bool")
 
 
@@ -50,7 +55,7 @@ class FSDP:
 
     Args:
         shard: which submodules get their own `fully_shard` (each is gathered and freed on
-            its own, which is what bounds memory): a tuple of module classes, or a function
+            its own, which is what bounds memory): module classes (a tuple or list), or a function
             `module -> bool`. The root is always sharded last, taking what is left.
         mixed_precision: an FSDP2 `MixedPrecisionPolicy` (e.g. `param_dtype=torch.bfloat16`
             for the gathered parameters and `reduce_dtype=torch.float32` for the gradients),
@@ -60,7 +65,7 @@ class FSDP:
     """
 
     shard: tuple[type[torch.nn.Module], ...] | Callable[[torch.nn.Module], bool] = attrs.field(
-        default=(), validator=_shard_choice)
+        default=(), converter=_classes_as_tuple, validator=_shard_choice)
     mixed_precision: MixedPrecisionPolicy | None = None
     reshard_after_forward: bool = True
 

@@ -267,6 +267,24 @@ def buffers() -> None:
           valid_loss=learner.cbstate.metricsepoch[fp.ValidationPhase()]["loss"])
 
 
+def predict() -> None:
+    """predict and evaluate after training a BatchNorm model: over the same data on both
+    ranks, and over each rank's own data (3 batches on rank 0, 2 on rank 1)."""
+    torch.manual_seed(RANK)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4),
+                              torch.nn.Linear(4, 1))
+    learner = fp.Learner(net, F.mse_loss, data=(batches(6, seed=12), batches(3, seed=13)),
+                         optimizer=sgd(0.05), callbacks=[fp.Metrics()],
+                         use_default_callbacks=False)
+    learner.fit(1)
+    shared, own = batches(5, seed=20), batches(3 if RANK == 0 else 2, seed=30 + RANK)
+    state = {k: v.tolist() for k, v in learner.model.module.state_dict().items()}
+    write("predict", state=state, shared=learner.predict(shared).flatten().tolist(),
+          shared_evaluated=learner.evaluate(shared),
+          own=learner.predict(own).flatten().tolist(), own_evaluated=learner.evaluate(own),
+          state_after={k: v.tolist() for k, v in learner.model.module.state_dict().items()})
+
+
 def limits() -> None:
     """max_steps=6 and validation every 2 steps over 8 batches (4 per rank): same stop."""
     learner = fp.Learner(model(), F.mse_loss, data=(batches(8, seed=12), batches(4, seed=13)),

@@ -161,5 +161,35 @@ def killed(**checkpointer) -> None:
     write("killed-survived")  # never reached: a rank dies, torchrun ends the other
 
 
+def uneven_validation() -> DataLoader:
+    """13 samples in batches of 3: rank 0 gets 7 (3 batches), rank 1 gets 6 (2 batches)."""
+    return DataLoader(TensorDataset(*regression(13, seed=98)), batch_size=3)
+
+
+def own_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each rank's own data for predict and evaluate: 3 batches on rank 0, 2 on rank 1."""
+    return batches(3 if RANK == 0 else 2, seed=40 + RANK)
+
+
+def uneven() -> None:
+    """Validation shards, and predict/evaluate data, with more batches on rank 0."""
+    learner = fp.Learner(model(), F.mse_loss, data=(batches(8, seed=1), uneven_validation()),
+                         optimizer=sgd, callbacks=[fp.Metrics()], use_default_callbacks=False,
+                         distributed=fp.FSDP(shard=(torch.nn.Linear,)))
+    learner.fit(2)
+    mine = own_batches()
+    preds, ys = learner.predict(mine, with_targets=True)
+    write("uneven", weights=weights(learner), preds=preds.flatten().tolist(),
+          ys=ys.flatten().tolist(), evaluated=learner.evaluate(mine),
+          valid=learner.cbstate.metricsepoch[fp.ValidationPhase()]["loss"])
+
+
+def without_batches() -> None:
+    """predict where rank 1's data yields nothing while rank 0's has a batch."""
+    learner = fp.Learner(model(), F.mse_loss, optimizer=sgd, use_default_callbacks=False,
+                         distributed=fp.FSDP(shard=(torch.nn.Linear,)))
+    learner.predict(batches(1, seed=40) if RANK == 0 else iter(()))
+
+
 if __name__ == "__main__":
     run_scenarios(globals())

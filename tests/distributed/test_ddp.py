@@ -19,7 +19,7 @@ import fluxpy as fp
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 SCENARIOS = ("train", "stop", "nan", "early", "accumulate", "resume", "midresume", "midaccum",
-             "buffers",
+             "buffers", "predict",
              "load_single",
              "limits", "timed", "tracked")
 TIMEOUT = 120
@@ -264,3 +264,45 @@ def test_only_rank_zero_logs_to_a_tracker(out):
     logged = client.get_metric_history(run.info.run_id, "loss/TrainingPhase")
     assert sorted((m.step, m.value) for m in logged) == [
         (1, pytest.approx(r0["losses"][0])), (2, pytest.approx(r0["losses"][1]))]
+
+
+def _batchnorm_model(state: dict) -> torch.nn.Module:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4),
+                                torch.nn.Linear(4, 1))
+    model.load_state_dict({k: torch.tensor(v) for k, v in state.items()})
+    return model.eval()
+
+
+def _joined(parts: list) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.cat([b[0] for b in parts]), torch.cat([b[1] for b in parts])
+
+
+def test_predict_and_evaluate_under_ddp_over_the_same_data_agree_with_one_process(out):
+    rank0, rank1 = ranks(out, "predict")
+    assert rank0["state"] == rank1["state"]
+    model = _batchnorm_model(rank0["state"])
+    xs, ys = _joined(worker.batches(5, seed=20))
+    with torch.no_grad():
+        preds = model(xs)
+    for seen in (rank0, rank1):
+        assert seen["shared"] == pytest.approx(preds.flatten().tolist(), abs=1e-6)
+        assert seen["shared_evaluated"] == {"loss": pytest.approx(F.mse_loss(preds, ys).item(),
+                                                                  rel=1e-6)}
+
+
+def test_predict_under_ddp_takes_each_ranks_own_data_and_evaluate_averages_all_of_it(out):
+    seen = ranks(out, "predict")
+    model = _batchnorm_model(seen[0]["state"])
+    own = [_joined(worker.batches(3 - r, seed=30 + r)) for r in (0, 1)]
+    with torch.no_grad():
+        for r, (xs, _) in enumerate(own):
+            assert seen[r]["own"] == pytest.approx(model(xs).flatten().tolist(), abs=1e-6)
+        xs, ys = torch.cat([o[0] for o in own]), torch.cat([o[1] for o in own])
+        expected = F.mse_loss(model(xs), ys).item()
+    assert seen[0]["own_evaluated"] == seen[1]["own_evaluated"] == {
+        "loss": pytest.approx(expected, rel=1e-6)}
+
+
+def test_predict_and_evaluate_under_ddp_leave_the_batchnorm_statistics_alone(out):
+    for seen in ranks(out, "predict"):
+        assert seen["state_after"] == seen["state"]

@@ -137,6 +137,7 @@ def test_collectives_do_nothing_in_one_process():
     assert distributed.all_reduce_sum(torch.tensor([2.0])).item() == 2.0
     assert distributed.all_gather_object("x") == ["x"]
     assert distributed.broadcast_float(2.75) == 2.75
+    assert (distributed.any_rank(True), distributed.any_rank(False)) == (True, False)
 
 
 def test_max_time_under_ddp_with_one_process_stops_on_its_own_clock(world_of_one, monkeypatch):

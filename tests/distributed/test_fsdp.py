@@ -47,7 +47,7 @@ def out(tmp_path_factory) -> Path:
         "exp_avg": [state[i]["exp_avg"].flatten().tolist() for i in sorted(state)]}))
     _one_process_sharded_checkpoint(folder)
     done = launch(folder, "train", "resume", "load_single", "stop", "load_one_sharded",
-                  "paths")
+                  "paths", "uneven")
     assert done.returncode == 0, done.stdout[-6000:]
     return folder
 
@@ -110,6 +110,52 @@ def test_fsdp_validation_loss_is_the_full_sets_on_every_rank(out):
     with torch.no_grad():
         full = F.mse_loss(single.model(xs), ys).item()
     assert rank0["fsdp"]["valid"][-1] == pytest.approx(full, rel=1e-6)
+
+
+def _model_with(weights: list[float]) -> torch.nn.Module:
+    model = worker.model()
+    flat = torch.tensor(weights)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(flat[:p.numel()].reshape(p.shape))
+            flat = flat[p.numel():]
+    return model.eval()
+
+
+def test_fsdp_validation_with_more_batches_on_one_rank_ends_and_counts_each_example_once(out):
+    # 13 examples in batches of 3: rank 0 validates 3 batches and rank 1 2; every forward is
+    # a collective, so rank 1 runs one more to join rank 0's last (and counts nothing of it).
+    rank0, rank1 = ranks(out, "uneven")
+    assert rank0["weights"] == rank1["weights"]
+    assert rank0["valid"] == rank1["valid"]
+    xs, ys = worker.regression(13, seed=98)
+    with torch.no_grad():
+        full = F.mse_loss(_model_with(rank0["weights"])(xs), ys).item()
+    assert rank0["valid"][-1] == pytest.approx(full, rel=1e-6)
+
+
+def test_fsdp_predict_and_evaluate_take_each_ranks_own_data_of_any_length(out):
+    model = _model_with(ranks(out, "uneven")[0]["weights"])
+    everything = []
+    for r, seen in enumerate(ranks(out, "uneven")):
+        own = worker.batches(3 - r, seed=40 + r)
+        xs, ys = torch.cat([b[0] for b in own]), torch.cat([b[1] for b in own])
+        with torch.no_grad():
+            assert seen["preds"] == pytest.approx(model(xs).flatten().tolist(), abs=1e-6)
+        assert seen["ys"] == ys.flatten().tolist()
+        everything.append((xs, ys))
+    xs, ys = (torch.cat(parts) for parts in zip(*everything))
+    with torch.no_grad():
+        expected = F.mse_loss(model(xs), ys).item()
+    for seen in ranks(out, "uneven"):  # the mean over both ranks' 20 examples, on each rank
+        assert seen["evaluated"] == {"loss": pytest.approx(expected, rel=1e-6)}
+
+
+def test_a_rank_without_any_batch_is_an_error_not_a_hang(tmp_path):
+    done = launch(tmp_path, "without_batches")
+    assert done.returncode != 0
+    assert "rank 1 has no batch in this epoch while another rank has some" in done.stdout
+    assert "every rank needs at least one batch" in done.stdout
 
 
 def test_explain_says_how_the_model_is_sharded(out):

@@ -35,10 +35,18 @@ def test_fsdp_of_a_model_without_parameters_is_refused(world_of_one):
 
 
 def test_fsdp_shard_takes_module_classes_or_a_function():
-    with pytest.raises(TypeError, match=r"FSDP\(shard='Linear'\): give a tuple of module "
-                                        r"classes"):
+    with pytest.raises(TypeError, match=r"FSDP\(shard='Linear'\): give module classes"):
         fp.FSDP(shard="Linear")
+    with pytest.raises(TypeError, match=r"FSDP\(shard=\('Linear',\)\): give module classes"):
+        fp.FSDP(shard=["Linear"])
     assert fp.FSDP(shard=lambda m: isinstance(m, torch.nn.Linear)).picks(torch.nn.Linear(1, 1))
+
+
+def test_fsdp_shard_takes_a_list_of_classes_as_the_tuple():
+    assert fp.FSDP(shard=[torch.nn.Linear, torch.nn.Conv1d]) == fp.FSDP(
+        shard=(torch.nn.Linear, torch.nn.Conv1d))
+    assert fp.FSDP(shard=[torch.nn.Linear]).picks(torch.nn.Linear(1, 1))
+    assert not fp.FSDP(shard=[torch.nn.Linear]).picks(torch.nn.ReLU())
 
 
 def test_fsdp_shards_the_chosen_submodules_then_the_root(world_of_one):
