@@ -254,14 +254,18 @@ def midaccum() -> None:
           stop=result.stop_reason, whole_losses=losses(whole), resumed_losses=losses(second))
 
 
-def buffers() -> None:
-    """A BatchNorm model: its buffers are rank 0's on every rank after validation."""
+def batchnorm_learner() -> fp.Learner:
+    """A BatchNorm model, different on each rank, with Metrics."""
     torch.manual_seed(RANK)
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4),
                               torch.nn.Linear(4, 1))
-    learner = fp.Learner(net, F.mse_loss, data=(batches(6, seed=12), batches(3, seed=13)),
-                         optimizer=sgd(0.05), callbacks=[fp.Metrics()],
-                         use_default_callbacks=False)
+    return fp.Learner(net, F.mse_loss, data=(batches(6, seed=12), batches(3, seed=13)),
+                      optimizer=sgd(0.05), callbacks=[fp.Metrics()], use_default_callbacks=False)
+
+
+def buffers() -> None:
+    """A BatchNorm model: its buffers are rank 0's on every rank after validation."""
+    learner = batchnorm_learner()
     learner.fit(2)
     write("buffers", running_mean=learner.model.module[1].running_mean.tolist(),
           valid_loss=learner.cbstate.metricsepoch[fp.ValidationPhase()]["loss"])
@@ -270,12 +274,7 @@ def buffers() -> None:
 def predict() -> None:
     """predict and evaluate after training a BatchNorm model: over the same data on both
     ranks, and over each rank's own data (3 batches on rank 0, 2 on rank 1)."""
-    torch.manual_seed(RANK)
-    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4),
-                              torch.nn.Linear(4, 1))
-    learner = fp.Learner(net, F.mse_loss, data=(batches(6, seed=12), batches(3, seed=13)),
-                         optimizer=sgd(0.05), callbacks=[fp.Metrics()],
-                         use_default_callbacks=False)
+    learner = batchnorm_learner()
     learner.fit(1)
     shared, own = batches(5, seed=20), batches(3 if RANK == 0 else 2, seed=30 + RANK)
     state = {k: v.tolist() for k, v in learner.model.module.state_dict().items()}

@@ -6,12 +6,14 @@ started; the ranks import this checkout's fluxpy, and use one thread each.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from types import ModuleType
 
@@ -34,13 +36,41 @@ def load_worker(path: Path) -> ModuleType:
     return module
 
 
+#: Set, with a value of its own, in the environment of each launcher, which its ranks inherit:
+#: torchrun starts every rank in a session of its own, so a hang is ended by this mark.
+MARK = "FLUXPY_TEST_LAUNCHER"
+
+
 def torchrun(*args: str, cwd: Path | None = None) -> subprocess.Popen:
     """`python -m torch.distributed.run ARGS`, its stdout and stderr together in one pipe."""
     pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}
-    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *args],
+    mark = uuid.uuid4().hex
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath, MARK: mark}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             cwd=cwd, start_new_session=True)
+    proc.mark = mark
+    return proc
+
+
+def launched_by(proc: subprocess.Popen) -> list[int]:
+    """The running processes that carry the launcher `proc`'s mark: it and its ranks."""
+    wanted = f"{MARK}={proc.mark}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and wanted in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return pids
+
+
+def kill_launched(proc: subprocess.Popen) -> None:
+    """SIGKILL the launcher `proc` and its ranks."""
+    for pid in launched_by(proc):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def two_ranks(script: Path, *args: str) -> list[str]:
@@ -57,8 +87,8 @@ def finish(launchers: list[subprocess.Popen], timeout: float) -> list[str]:
         for proc in launchers:
             outputs.append(proc.communicate(timeout=timeout)[0])
     except subprocess.TimeoutExpired:
-        for proc in launchers:
-            os.killpg(proc.pid, signal.SIGKILL)
+        for proc in launchers:  # the ranks too: they keep the pipe open while they live
+            kill_launched(proc)
         tail = launchers[len(outputs)].communicate()[0][-4000:]
         pytest.fail(f"the ranks did not finish in {timeout} s (a hang):\n{tail}")
     return outputs
