@@ -10,8 +10,13 @@ differ.
 `Joined(data, learner)` is `data` as such a phase iterates it: before each step the ranks
 agree whether any of them still has a batch (one small CPU all-reduce per step); a rank whose
 batches are over runs the model on the inputs of its last step meanwhile (outputs dropped, no
-events, nothing counted), until no rank has a batch left. A rank that has had no batch at all
-cannot join: it raises an error, and torchrun ends the other ranks.
+events, nothing counted), until no rank has a batch left. A step that a handler cancelled
+before its forward pass (`CancelStepException` at `StepBegin`, on one rank) gets that forward
+pass all the same, so the ranks stay in step. A rank that has had no batch at all cannot
+join: it raises an error, and torchrun ends the other ranks.
+
+Each step of such a phase must make one forward pass, as the built-in step does: a custom
+validation step that makes several must run as many on every rank itself.
 
 Training needs none of this: its shards hold the same number of batches on every rank
 (`fluxpy.support.sharding`).
@@ -45,7 +50,10 @@ class Joined:
                 return
             if batch is not _END:
                 yield batch
-                inputs = vars(self.learner.batch).get("xs", inputs)
+                step = vars(self.learner.batch)
+                inputs = step.get("xs", inputs)
+                if "preds" not in step and inputs is not None:  # a handler cancelled the step
+                    self.learner.model(inputs)                   # before its forward pass
             elif inputs is None:
                 raise RuntimeError(
                     f"rank {rank()} has no batch in this epoch while another rank has some: "

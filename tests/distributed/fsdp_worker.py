@@ -13,6 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
+import attrs
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -181,6 +182,36 @@ def uneven() -> None:
     preds, ys = learner.predict(mine, with_targets=True)
     write("uneven", weights=weights(learner), preds=preds.flatten().tolist(),
           ys=ys.flatten().tolist(), evaluated=learner.evaluate(mine),
+          valid=learner.cbstate.metricsepoch[fp.ValidationPhase()]["loss"])
+
+
+@attrs.define
+class SkipFirstOnRankOne(fp.Callback):
+    """Cancels rank 1's first validation step of each epoch at StepBegin."""
+
+    seen: int = 0
+
+
+@fp.on.dispatch
+def _skip_first(event: fp.StepBegin, phase: fp.ValidationPhase, cb: SkipFirstOnRankOne, learner):
+    cb.seen += 1
+    if RANK == 1 and cb.seen == 1:
+        raise fp.CancelStepException("rank 1 skips its first validation batch")
+
+
+@fp.on.dispatch
+def _skip_reset(event: fp.EpochBegin, phase: fp.ValidationPhase, cb: SkipFirstOnRankOne,
+                learner):
+    cb.seen = 0
+
+
+def cancelled() -> None:
+    """Validation in which rank 1 alone cancels its first step before the forward pass."""
+    learner = fp.Learner(model(), F.mse_loss, data=(batches(8, seed=1), validation()),
+                         optimizer=sgd, callbacks=[fp.Metrics(), SkipFirstOnRankOne()],
+                         use_default_callbacks=False, distributed=fp.FSDP(shard=(torch.nn.Linear,)))
+    learner.fit(1)
+    write("cancelled", weights=weights(learner),
           valid=learner.cbstate.metricsepoch[fp.ValidationPhase()]["loss"])
 
 

@@ -47,7 +47,7 @@ def out(tmp_path_factory) -> Path:
         "exp_avg": [state[i]["exp_avg"].flatten().tolist() for i in sorted(state)]}))
     _one_process_sharded_checkpoint(folder)
     done = launch(folder, "train", "resume", "load_single", "stop", "load_one_sharded",
-                  "paths", "uneven")
+                  "paths", "uneven", "cancelled")
     assert done.returncode == 0, done.stdout[-6000:]
     return folder
 
@@ -149,6 +149,18 @@ def test_fsdp_predict_and_evaluate_take_each_ranks_own_data_of_any_length(out):
         expected = F.mse_loss(model(xs), ys).item()
     for seen in ranks(out, "uneven"):  # the mean over both ranks' 20 examples, on each rank
         assert seen["evaluated"] == {"loss": pytest.approx(expected, rel=1e-6)}
+
+
+def test_a_validation_step_cancelled_on_one_rank_before_its_forward_does_not_hang(out):
+    # validation(): 10 examples in batches of 3, each rank 5 (batches of 3 and 2) by stride:
+    # rank 1 has examples 1, 3, 5, 7, 9 and cancels the batch of its first three.
+    rank0, rank1 = ranks(out, "cancelled")
+    assert rank0["valid"] == rank1["valid"]
+    xs, ys = worker.regression(10, seed=99)
+    counted = [i for i in range(10) if i not in (1, 3, 5)]
+    with torch.no_grad():
+        expected = F.mse_loss(_model_with(rank0["weights"])(xs[counted]), ys[counted]).item()
+    assert rank0["valid"] == [pytest.approx(expected, rel=1e-6)]
 
 
 def test_a_rank_without_any_batch_is_an_error_not_a_hang(tmp_path):
