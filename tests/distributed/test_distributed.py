@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import attrs
 import pytest
 import torch
@@ -11,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import fluxpy as fp
 from fluxpy.support import distributed
+from fluxpy.support.joined import Joined
 from fluxpy.support.sharding import UnpaddedDistributedSampler, shard
 from fluxpy.testing import test_learner
 
@@ -236,3 +239,17 @@ def test_an_iterable_dataset_is_kept_with_a_warning():
     original = tud.DataLoader(Stream())
     with pytest.warns(UserWarning, match="cannot shard DataLoader.*IterableDataset"):
         assert shard(original, training=True, rank=0, world_size=2) is original
+
+
+def test_joined_data_gives_a_step_without_a_forward_pass_one_and_counts_the_others():
+    model = torch.nn.Linear(2, 1)
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(args[0].tolist()))
+    learner = SimpleNamespace(model=model, batch=SimpleNamespace())
+    data = [torch.full((1, 2), float(k)) for k in range(3)]
+    for k, xs in enumerate(Joined(data, learner)):  # one process: no other rank to wait for
+        learner.batch = SimpleNamespace(xs=xs)
+        if k != 1:  # step 1 is cancelled before its forward pass
+            model(xs)
+    assert calls == [[[0.0, 0.0]], [[1.0, 1.0]], [[2.0, 2.0]]]  # step 1's made by Joined
+    assert len(model._forward_pre_hooks) == 1  # its counting hook is gone, the test's stays
