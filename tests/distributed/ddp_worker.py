@@ -284,6 +284,27 @@ def predict() -> None:
           state_after={k: v.tolist() for k, v in learner.model.module.state_dict().items()})
 
 
+def threaded() -> None:
+    """The same training under the serial and the threaded executor: accumulation, clipping,
+    metrics, early stopping, checkpoints, a printer (the handlers that communicate included)."""
+    def run(executor, name: str) -> dict:
+        torch.manual_seed(0)
+        with open(OUT / f"threaded-{name}-printer-rank{RANK}.txt", "w") as out:
+            learner = fp.Learner(
+                model(), F.mse_loss, data=(batches(12, seed=14), batches(5, seed=15)),
+                optimizer=sgd(0.05), executor=executor,
+                callbacks=[fp.GradientAccumulation(2), fp.GradientClipping(0.5),
+                           fp.EarlyStopping(patience=5), fp.MetricsPrinter(file=out),
+                           fp.Checkpointer(OUT / f"threaded-{name}")],
+            )
+            learner.fit(3)
+        return {"weights": weights(learner), "metrics": {
+            str(p): values for p, values in learner.cbstate.metricsepoch.items()}}
+
+    write("threaded", serial=run(fp.SerialExecutor(), "serial"),
+          threaded=run(fp.ThreadedExecutor(4), "threaded"))
+
+
 def limits() -> None:
     """max_steps=6 and validation every 2 steps over 8 batches (4 per rank): same stop."""
     learner = fp.Learner(model(), F.mse_loss, data=(batches(8, seed=12), batches(4, seed=13)),

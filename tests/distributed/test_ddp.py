@@ -19,7 +19,7 @@ import fluxpy as fp
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 SCENARIOS = ("train", "stop", "nan", "early", "accumulate", "resume", "midresume", "midaccum",
-             "buffers", "predict",
+             "buffers", "predict", "threaded",
              "load_single",
              "limits", "timed", "tracked")
 TIMEOUT = 120
@@ -306,3 +306,21 @@ def test_predict_under_ddp_takes_each_ranks_own_data_and_evaluate_averages_all_o
 def test_predict_and_evaluate_under_ddp_leave_the_batchnorm_statistics_alone(out):
     for seen in ranks(out, "predict"):
         assert seen["state_after"] == seen["state"]
+
+
+def test_the_threaded_executor_under_ddp_trains_and_checkpoints_as_the_serial_one(out):
+    for seen in ranks(out, "threaded"):
+        assert seen["threaded"] == seen["serial"]
+    assert ranks(out, "threaded")[0]["serial"] == ranks(out, "threaded")[1]["serial"]
+    assert (out / "threaded-threaded-printer-rank0.txt").read_text() == (
+        out / "threaded-serial-printer-rank0.txt").read_text()
+    assert (out / "threaded-threaded-printer-rank1.txt").read_text() == ""
+    names = ["epoch-0001.pt", "epoch-0002.pt", "epoch-0003.pt"]
+    for name in ("serial", "threaded"):
+        assert sorted(p.name for p in (out / f"threaded-{name}").iterdir()) == names
+    serial, threaded = (fp.Learner(worker.model(), F.mse_loss, optimizer=worker.sgd(0.05),
+                                   use_default_callbacks=False) for _ in range(2))
+    with pytest.warns(UserWarning, match="which this learner does not have"):  # the callbacks'
+        fp.load_checkpoint(serial, out / "threaded-serial" / names[-1])
+        fp.load_checkpoint(threaded, out / "threaded-threaded" / names[-1])
+    assert worker.weights(serial) == worker.weights(threaded)
